@@ -1,0 +1,6 @@
+"""Batched simulation: the `BatchedEnv` contract, its backends, and the tabletop task suite."""
+
+from sims.core import BatchedEnv, EnvConfig, RandomizationConfig, RenderSettings
+from sims.registry import BACKENDS, list_tasks, make
+
+__all__ = ["BACKENDS", "BatchedEnv", "EnvConfig", "RandomizationConfig", "RenderSettings", "list_tasks", "make"]

@@ -1,0 +1,85 @@
+"""Arm controllers: normalized actions in [-1, 1] -> position-servo targets of the Panda.
+
+Physical scale of one control step (``control_hz`` = 20 by default):
+
+======================  ===================  ==================================================
+controller              action (A)           meaning of +1
+======================  ===================  ==================================================
+``ee_delta``            7: dx dy dz rx ry rz g  3 cm TCP translation / 0.15 rad TCP rotation
+                                             (world-frame rotation vector) per step
+``joint_delta``         8: dq1..dq7 g         0.1 rad per joint per step
+======================  ===================  ==================================================
+
+The last entry ``g`` sets the gripper: -1 closed, +1 open (0.08 m), linear in between.
+Targets are taken relative to the current state (ManiSkill's ``pd_*_delta`` without
+``use_target``); the end-effector controller solves damped least-squares differential IK.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import torch
+
+from sims.mujoco.scene import GRIPPER_MAX_WIDTH
+
+if TYPE_CHECKING:
+    from sims.mujoco.env import MujocoBatchedEnv
+
+
+class Controller(abc.ABC):
+    """Maps (N, A) normalized actions to the (N, nu) actuator targets of the arm and gripper."""
+
+    action_dim: ClassVar[int]
+
+    def __init__(self, env: MujocoBatchedEnv):
+        self.env = env
+
+    @abc.abstractmethod
+    def arm_targets(self, action: np.ndarray) -> np.ndarray:
+        """(N, 7) joint position targets for (N, A) float64 actions."""
+
+    def apply(self, action: torch.Tensor) -> None:
+        """Write the actuator targets of `action` (N, A) into the batch's ctrl."""
+        a = action.detach().to("cpu", torch.float64).numpy()
+        env = self.env
+        targets = np.clip(self.arm_targets(a), env.arm_limits[:, 0], env.arm_limits[:, 1])
+        finger = (a[:, -1:] + 1.0) * (GRIPPER_MAX_WIDTH / 4.0)  # per finger, 0 .. 0.04 m
+        env.ctrl[:, :7] = targets
+        env.ctrl[:, 7:9] = finger
+
+
+class JointDeltaController(Controller):
+    """Joint-position deltas: target = q + 0.1 rad * action."""
+
+    action_dim = 8
+    scale = 0.1
+
+    def arm_targets(self, action: np.ndarray) -> np.ndarray:
+        return self.env.arm_qpos + self.scale * action[:, :7]
+
+
+class EEDeltaController(Controller):
+    """End-effector delta pose by damped least-squares differential IK on the TCP Jacobian."""
+
+    action_dim = 7
+    pos_scale = 0.03
+    rot_scale = 0.15
+    damping = 0.05
+
+    def arm_targets(self, action: np.ndarray) -> np.ndarray:
+        env = self.env
+        jacp, jacr = env.batch.jac(env.hand_body_id, env.tcp_pos_np)
+        jac = np.concatenate((jacp[:, :, :7], jacr[:, :, :7]), axis=1)  # (N, 6, 7)
+        twist = np.concatenate((self.pos_scale * action[:, :3], self.rot_scale * action[:, 3:6]), axis=1)
+        jjt = jac @ jac.transpose(0, 2, 1) + (self.damping**2) * np.eye(6)
+        dq = jac.transpose(0, 2, 1) @ np.linalg.solve(jjt, twist[:, :, None])
+        return env.arm_qpos + dq[:, :, 0]
+
+
+CONTROLLERS: dict[str, type[Controller]] = {
+    "ee_delta": EEDeltaController,
+    "joint_delta": JointDeltaController,
+}

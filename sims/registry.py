@@ -1,0 +1,45 @@
+"""`sims.make`: the one way to build a batched environment from a config."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from sims.core import OBS_MODES, REWARD_MODES, BatchedEnv, EnvConfig, check_choice
+from sims.tasks import TASKS
+
+
+def _make_mujoco(cfg: EnvConfig) -> BatchedEnv:
+    from sims.mujoco.env import MujocoBatchedEnv
+
+    return MujocoBatchedEnv(cfg, TASKS[cfg.task]())
+
+
+BACKENDS: dict[str, Callable[[EnvConfig], BatchedEnv]] = {"mujoco": _make_mujoco}
+
+
+def list_tasks() -> list[str]:
+    """Names of the registered tasks."""
+    return sorted(TASKS)
+
+
+def make(task: str | EnvConfig = "PickCube", **overrides: Any) -> BatchedEnv:
+    """Build a batched env: ``make("PickCube", num_envs=64, obs_mode="rgb")`` or ``make(cfg)``.
+
+    Every name (task, backend, controller, obs mode, camera) is checked, and a bad one raises
+    ValueError naming the valid choices."""
+    cfg = task if isinstance(task, EnvConfig) else EnvConfig(task=task)
+    fields = {f.name for f in dataclasses.fields(EnvConfig)}
+    for key in overrides:
+        check_choice("EnvConfig field", key, sorted(fields))
+    cfg = dataclasses.replace(cfg, **overrides)
+    check_choice("task", cfg.task, list_tasks())
+    check_choice("backend", cfg.backend, tuple(BACKENDS))
+    check_choice("obs_mode", cfg.obs_mode, OBS_MODES)
+    check_choice("reward_mode", cfg.reward_mode, REWARD_MODES)
+    if cfg.num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1; got {cfg.num_envs}.")
+    if cfg.control_hz <= 0:
+        raise ValueError(f"control_hz must be > 0; got {cfg.control_hz}.")
+    return BACKENDS[cfg.backend](cfg)
