@@ -11,8 +11,12 @@ controller              action (A)           meaning of +1
 ======================  ===================  ==================================================
 
 The last entry ``g`` sets the gripper: -1 closed, +1 open (0.08 m), linear in between.
-Targets are taken relative to the current state (ManiSkill's ``pd_*_delta`` without
-``use_target``); the end-effector controller solves damped least-squares differential IK.
+Deltas accumulate on the previous joint targets (ManiSkill's ``use_target=True``), so the
+arm moves by the commanded amount per step even though the stiff, damped position servos
+lag behind within one step; the targets stay within ``TARGET_WINDOW`` of the measured joint
+positions, so a blocked arm does not wind up. The joint targets are `ctrl`, part of the
+physics state, so a snapshot restores the controller too. The end-effector controller
+solves damped least-squares differential IK at the current configuration.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from sims.mujoco.scene import GRIPPER_MAX_WIDTH
 if TYPE_CHECKING:
     from sims.mujoco.env import MujocoBatchedEnv
 
+TARGET_WINDOW = 0.2  # radians: joint targets stay this close to the measured positions
+
 
 class Controller(abc.ABC):
     """Maps (N, A) normalized actions to the (N, nu) actuator targets of the arm and gripper."""
@@ -38,27 +44,29 @@ class Controller(abc.ABC):
         self.env = env
 
     @abc.abstractmethod
-    def arm_targets(self, action: np.ndarray) -> np.ndarray:
-        """(N, 7) joint position targets for (N, A) float64 actions."""
+    def arm_deltas(self, action: np.ndarray) -> np.ndarray:
+        """(N, 7) joint target increments for (N, A) float64 actions."""
 
     def apply(self, action: torch.Tensor) -> None:
         """Write the actuator targets of `action` (N, A) into the batch's ctrl."""
         a = action.detach().to("cpu", torch.float64).numpy()
         env = self.env
-        targets = np.clip(self.arm_targets(a), env.arm_limits[:, 0], env.arm_limits[:, 1])
+        q = env.arm_qpos
+        targets = np.clip(env.ctrl[:, :7] + self.arm_deltas(a), q - TARGET_WINDOW, q + TARGET_WINDOW)
+        targets = np.clip(targets, env.arm_limits[:, 0], env.arm_limits[:, 1])
         finger = (a[:, -1:] + 1.0) * (GRIPPER_MAX_WIDTH / 4.0)  # per finger, 0 .. 0.04 m
         env.ctrl[:, :7] = targets
         env.ctrl[:, 7:9] = finger
 
 
 class JointDeltaController(Controller):
-    """Joint-position deltas: target = q + 0.1 rad * action."""
+    """Joint-position deltas: target += 0.1 rad * action."""
 
     action_dim = 8
     scale = 0.1
 
-    def arm_targets(self, action: np.ndarray) -> np.ndarray:
-        return self.env.arm_qpos + self.scale * action[:, :7]
+    def arm_deltas(self, action: np.ndarray) -> np.ndarray:
+        return self.scale * action[:, :7]
 
 
 class EEDeltaController(Controller):
@@ -69,14 +77,14 @@ class EEDeltaController(Controller):
     rot_scale = 0.15
     damping = 0.05
 
-    def arm_targets(self, action: np.ndarray) -> np.ndarray:
+    def arm_deltas(self, action: np.ndarray) -> np.ndarray:
         env = self.env
         jacp, jacr = env.batch.jac(env.hand_body_id, env.tcp_pos_np)
         jac = np.concatenate((jacp[:, :, :7], jacr[:, :, :7]), axis=1)  # (N, 6, 7)
         twist = np.concatenate((self.pos_scale * action[:, :3], self.rot_scale * action[:, 3:6]), axis=1)
         jjt = jac @ jac.transpose(0, 2, 1) + (self.damping**2) * np.eye(6)
         dq = jac.transpose(0, 2, 1) @ np.linalg.solve(jjt, twist[:, :, None])
-        return env.arm_qpos + dq[:, :, 0]
+        return dq[:, :, 0]
 
 
 CONTROLLERS: dict[str, type[Controller]] = {
