@@ -96,7 +96,7 @@ class BatchedEnv(abc.ABC):
     Attributes:
         num_envs: N.
         device: torch device of every returned tensor.
-        action_dim: A; actions are float32 (N, A) in [-1, 1].
+        action_dim: A; actions are float32 (N, A) in [-1, 1] (values outside are clipped).
         max_episode_steps: episodes are truncated after this many steps.
         instructions: the task's language phrasings.
     """

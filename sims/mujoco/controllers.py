@@ -48,8 +48,9 @@ class Controller(abc.ABC):
         """(N, 7) joint target increments for (N, A) float64 actions."""
 
     def apply(self, action: torch.Tensor) -> None:
-        """Write the actuator targets of `action` (N, A) into the batch's ctrl."""
-        a = action.detach().to("cpu", torch.float64).numpy()
+        """Write the actuator targets of `action` (N, A) into the batch's ctrl; entries are
+        clipped to [-1, 1] (a Gaussian policy's samples may fall outside)."""
+        a = np.clip(action.detach().to("cpu", torch.float64).numpy(), -1.0, 1.0)
         env = self.env
         q = env.arm_qpos
         targets = np.clip(env.ctrl[:, :7] + self.arm_deltas(a), q - TARGET_WINDOW, q + TARGET_WINDOW)
