@@ -76,12 +76,27 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     return cls(**kwargs)
 
 
+def _variant(hint: type, value: Any, path: str) -> type:
+    """For a config family (a class with `variants()` and `variant_key`, like AlgoConfig by
+    `name`), the member class that `value[variant_key]` names; otherwise `hint` itself."""
+    variants = getattr(hint, "variants", None)
+    if variants is None or not isinstance(value, dict):
+        return hint
+    choices = variants()
+    name = value.get(hint.variant_key, hint.default_variant)
+    if name not in choices:
+        raise ConfigError(
+            f"{path}.{hint.variant_key}: unknown {name!r}.{closest(str(name), list(choices))} Valid: {', '.join(choices)}."
+        )
+    return choices[name]
+
+
 def _convert(value: Any, hint: Any, path: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
         if dataclasses.is_dataclass(value):
             return value
-        return from_dict(hint, value, path)
+        return from_dict(_variant(hint, value, path), value, path)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -232,6 +232,16 @@ class MujocoBatchedEnv(BatchedEnv):
         self._forward(ids)
         return self._observe()
 
+    def get_rng_state(self) -> list[dict]:
+        """The per-env generators' states (for exact resumption of a training run)."""
+        return [rng.bit_generator.state for rng in self._rngs]
+
+    def set_rng_state(self, states: list[dict]) -> None:
+        if len(states) != self.num_envs:
+            raise ValueError(f"Got {len(states)} generator states for {self.num_envs} envs.")
+        for rng, state in zip(self._rngs, states, strict=True):
+            rng.bit_generator.state = state
+
     def close(self) -> None:
         if self.renderer is not None:
             self.renderer.close()

@@ -1,0 +1,84 @@
+"""What every algorithm shares: a config with a `name`, an optimizer, `update(batch) -> metrics`."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+
+ALGOS: dict[str, type[Algorithm]] = {}
+
+
+def register_algo(cls: type[Algorithm]) -> type[Algorithm]:
+    """Class decorator: make an algorithm buildable by its config's `name`."""
+    ALGOS[cls.config_class.name] = cls
+    return cls
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss or statistic became NaN or inf; the message says which and when."""
+
+
+@dataclasses.dataclass
+class AlgoConfig:
+    """Base of the algorithm configs; a YAML `algo:` section picks its class by `name`."""
+
+    variant_key: ClassVar[str] = "name"
+    default_variant: ClassVar[str] = "ppo"
+    name: str = ""
+    lr: float = 3e-4
+
+    @staticmethod
+    def variants() -> dict[str, type[AlgoConfig]]:
+        return {name: algo.config_class for name, algo in ALGOS.items()}
+
+
+class Algorithm(abc.ABC):
+    config_class: ClassVar[type[AlgoConfig]]
+
+    def __init__(self, policy: torch.nn.Module, cfg: AlgoConfig):
+        self.policy = policy
+        self.cfg = cfg
+        self.generator = torch.Generator().manual_seed(0)
+        self.optimizer: torch.optim.Optimizer
+
+    def collect(self, env, obs, tracker) -> tuple[dict[str, Any], Any, torch.Tensor]:
+        """Gather one rollout with the current policy (on-policy: `num_steps` decisions per env)."""
+        from embodied.runner.rollout import collect_rollout
+
+        return collect_rollout(env, self.policy, obs, self.cfg.num_steps, self.cfg.gamma, tracker)
+
+    def prepare(self, rollout: dict[str, Any], next_value: torch.Tensor) -> dict[str, Any]:
+        """Turn a rollout into the batch `update` consumes (advantages, flattening)."""
+        return rollout
+
+    @abc.abstractmethod
+    def update(self, batch: dict[str, Any], iteration: int) -> dict[str, float]:
+        """One optimisation phase on a prepared batch; returns scalar metrics."""
+
+    @staticmethod
+    def check_finite(loss: torch.Tensor, stats: dict[str, torch.Tensor], iteration: int) -> None:
+        if torch.isfinite(loss):
+            return
+        bad = [k for k, v in stats.items() if not torch.isfinite(v).all()]
+        raise NonFiniteLossError(
+            f"Non-finite loss at iteration {iteration}: {float(loss)} (non-finite terms: {bad or 'none'}; "
+            f"terms: { {k: float(v) for k, v in stats.items()} }). The last good checkpoint is kept."
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+
+
+def minibatches(total: int, size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Shuffled index minibatches of `size` covering range(total) (the last one may be short)."""
+    order = torch.randperm(total, generator=generator)
+    for start in range(0, total, size):
+        yield order[start : start + size]

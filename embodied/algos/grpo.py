@@ -1,0 +1,194 @@
+"""Group Relative Policy Optimization for embodied tasks (DeepSeekMath's GRPO; DAPO's
+clip-higher and dynamic sampling; SimpleVLA-RL / RLinf-VLA's use of it on robot tasks).
+
+One iteration, top to bottom:
+  1. every group of G envs starts from one initial state (env.set_state copies the group
+     leader's sampled state to its members); each env runs one episode;
+  2. R_i = the episode's outcome: success (0/1, default) or its return;
+     A_i = (R_i - mean_group(R)) / (std_group(R) + eps), for every step of episode i, and
+     steps after the episode's end are masked out;
+  3. dynamic sampling: groups whose members all succeed or all fail carry no signal and are
+     dropped; new groups are sampled until `min_groups` mixed groups are kept (or
+     `max_sample_rounds` rounds were tried);
+  4. L = -mean_valid(min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A)), no critic,
+     no KL term by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from embodied.algos.base import Algorithm, AlgoConfig, minibatches, register_algo
+from embodied.runner.rollout import tensor_obs
+
+
+@dataclasses.dataclass
+class GRPOConfig(AlgoConfig):
+    name: str = "grpo"
+    lr: float = 3e-4
+    group_size: int = 8  # G; num_envs must be a multiple
+    outcome: str = "success"  # "success" (0/1) or "return"
+    clip_low: float = 0.2
+    clip_high: float = 0.28  # clip-higher (DAPO)
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    max_grad_norm: float = 0.5
+    eps: float = 1e-6
+    dynamic_sampling: bool = True
+    min_groups: int = 0  # mixed groups to collect per iteration; 0: num_envs // group_size // 2
+    max_sample_rounds: int = 4
+    gamma: float = 1.0  # unused by the loss; kept for the shared rollout helpers
+
+
+def group_advantages(outcomes: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
+    """(N,) outcomes of N = groups * G episodes -> (N,) group-normalised advantages."""
+    grouped = outcomes.view(-1, group_size)
+    mean = grouped.mean(dim=1, keepdim=True)
+    std = grouped.std(dim=1, keepdim=True, unbiased=False) if group_size > 1 else torch.zeros_like(mean)
+    return ((grouped - mean) / (std + eps)).view(-1)
+
+
+def mixed_groups(outcomes: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(groups,) bool: the group's outcomes are not all equal."""
+    grouped = outcomes.view(-1, group_size)
+    return (grouped != grouped[:, :1]).any(dim=1)
+
+
+def grpo_loss(
+    new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, cfg: GRPOConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clip-higher surrogate over the valid steps of a minibatch; inputs (B,)."""
+    log_ratio = new_log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    clipped = ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high)
+    loss = -torch.min(ratio * advantages, clipped * advantages).mean()
+    with torch.no_grad():
+        stats = {
+            "policy_loss": loss.detach(),
+            "approx_kl": ((ratio - 1) - log_ratio).mean(),
+            "clip_fraction": ((ratio < 1 - cfg.clip_low) | (ratio > 1 + cfg.clip_high)).float().mean(),
+        }
+    return loss, stats
+
+
+@register_algo
+class GRPO(Algorithm):
+    config_class = GRPOConfig
+
+    def __init__(self, policy, cfg: GRPOConfig):
+        super().__init__(policy, cfg)
+        self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+
+    @torch.no_grad()
+    def run_group_episodes(self, env, tracker) -> dict[str, Any]:
+        """One episode per env, groups of G sharing an initial state. Returns per-step tensors
+        (S, N, ...), the valid mask (S, N), outcomes (N,) and the env steps used."""
+        cfg = self.cfg
+        n, g = env.num_envs, cfg.group_size
+        if n % g:
+            raise ValueError(f"GRPO needs num_envs ({n}) to be a multiple of group_size ({g}).")
+        env.reset()
+        leaders = torch.arange(0, n, g, device=env.device).repeat_interleave(g)
+        state = env.get_state()
+        obs = env.set_state({k: v[leaders] for k, v in state.items()})
+        alive = torch.ones(n, dtype=torch.bool, device=env.device)
+        succeeded = torch.zeros(n, dtype=torch.bool, device=env.device)
+        returns = torch.zeros(n, device=env.device)
+        steps: dict[str, list] = {"obs": [], "actions": [], "log_probs": [], "extras": [], "valid": []}
+        env_steps = 0
+        while alive.any():
+            out = self.policy.act(obs)
+            steps["obs"].append(tensor_obs(obs))
+            steps["actions"].append(out.action)
+            steps["log_probs"].append(out.log_prob)
+            steps["extras"].append(out.extras)
+            steps["valid"].append(alive.clone())
+            for t in range(out.action.shape[1]):
+                obs, reward, terminated, truncated, info = env.step(out.action[:, t])
+                env_steps += int(alive.sum())
+                tracker.step(reward, terminated | truncated, info["success"])
+                returns += torch.where(alive, reward, 0.0)
+                succeeded |= info["success"] & alive
+                alive &= ~(terminated | truncated)
+                if not alive.any():
+                    break
+        outcomes = succeeded.float() if cfg.outcome == "success" else returns
+        return {
+            "obs": {k: torch.stack([o[k] for o in steps["obs"]]) for k in steps["obs"][0]},
+            "actions": torch.stack(steps["actions"]),
+            "log_probs": torch.stack(steps["log_probs"]),
+            "extras": {k: torch.stack([e[k] for e in steps["extras"]]) for k in steps["extras"][0]},
+            "valid": torch.stack(steps["valid"]),
+            "outcomes": outcomes,
+            "env_steps": env_steps,
+            "obs_after": obs,
+        }
+
+    def collect(self, env, obs, tracker):
+        cfg = self.cfg
+        groups_wanted = cfg.min_groups or max(1, env.num_envs // cfg.group_size // 2)
+        kept: list[dict[str, torch.Tensor]] = []
+        env_steps, rounds, groups_seen, kept_groups = 0, 0, 0, 0
+        while rounds < max(1, cfg.max_sample_rounds) and kept_groups < groups_wanted:
+            episodes = self.run_group_episodes(env, tracker)
+            rounds += 1
+            env_steps += episodes["env_steps"]
+            outcomes = episodes["outcomes"]
+            advantages = group_advantages(outcomes, cfg.group_size, cfg.eps)
+            keep_group = mixed_groups(outcomes, cfg.group_size) if cfg.dynamic_sampling else torch.ones(
+                env.num_envs // cfg.group_size, dtype=torch.bool, device=env.device)
+            groups_seen += keep_group.numel()
+            kept_groups += int(keep_group.sum())
+            keep_env = keep_group.repeat_interleave(cfg.group_size)
+            valid = episodes["valid"] & keep_env[None]
+            index = valid.nonzero(as_tuple=True)  # (step, env) pairs of valid, kept steps
+            kept.append({
+                "obs": {k: v[index] for k, v in episodes["obs"].items()},
+                "actions": episodes["actions"][index],
+                "log_probs": episodes["log_probs"][index],
+                "extras": {k: v[index] for k, v in episodes["extras"].items()},
+                "advantages": advantages[index[1]],
+            })
+            obs = episodes["obs_after"]
+        batch = {
+            "obs": {k: torch.cat([b["obs"][k] for b in kept]) for k in kept[0]["obs"]},
+            "actions": torch.cat([b["actions"] for b in kept]),
+            "log_probs": torch.cat([b["log_probs"] for b in kept]),
+            "extras": {k: torch.cat([b["extras"][k] for b in kept]) for k in kept[0]["extras"]},
+            "advantages": torch.cat([b["advantages"] for b in kept]),
+            "env_steps": env_steps,
+            "stats": {"mixed_group_fraction": kept_groups / max(groups_seen, 1), "sample_rounds": rounds},
+        }
+        return batch, obs, torch.zeros(env.num_envs, device=env.device)
+
+    def update(self, batch: dict[str, Any], iteration: int) -> dict[str, float]:
+        cfg = self.cfg
+        total = batch["log_probs"].shape[0]
+        metrics: dict[str, float] = dict(batch["stats"])
+        metrics["batch_steps"] = total
+        if total == 0:  # every group was uniform: nothing to learn from this round
+            return metrics
+        size = max(1, total // cfg.num_minibatches)
+        sums: dict[str, float] = {}
+        count = 0
+        for _ in range(cfg.update_epochs):
+            for idx in minibatches(total, size, self.generator):
+                obs = {k: v[idx] for k, v in batch["obs"].items()}
+                extras = {k: v[idx] for k, v in batch["extras"].items()}
+                log_prob, entropy, _ = self.policy.evaluate(obs, batch["actions"][idx], extras)
+                loss, stats = grpo_loss(log_prob, batch["log_probs"][idx], batch["advantages"][idx], cfg)
+                self.check_finite(loss, stats, iteration)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                stats["entropy"] = entropy.detach().mean()
+                stats["grad_norm"] = grad_norm
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+        metrics.update({k: v / count for k, v in sums.items()})
+        return metrics

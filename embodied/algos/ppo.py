@@ -1,0 +1,177 @@
+"""Proximal Policy Optimization (Schulman et al., 2017), as CleanRL and rsl_rl write it.
+
+One update, top to bottom:
+  1. advantages by GAE(gamma, lambda) over the rollout (`compute_gae`); truncated episodes
+     were already bootstrapped by the runner: r_t += gamma * V(s_final)
+  2. for `update_epochs` epochs over shuffled minibatches:
+       ratio   = exp(log pi(a|s) - log pi_old(a|s))
+       L_clip  = -mean(min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A))
+       L_value = 0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2))
+       L       = L_clip + vf_coef * L_value - ent_coef * entropy
+     with advantage normalisation per minibatch and gradient-norm clipping;
+  3. KL control: stop the epochs early when the approximate KL exceeds `target_kl`, or adapt
+     the learning rate towards `desired_kl` (rsl_rl's schedule).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from embodied.algos.base import Algorithm, AlgoConfig, NonFiniteLossError, register_algo, minibatches
+
+
+@dataclasses.dataclass
+class PPOConfig(AlgoConfig):
+    name: str = "ppo"
+    lr: float = 3e-4
+    num_steps: int = 32  # decisions per env per rollout
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    update_epochs: int = 5
+    num_minibatches: int = 4
+    clip_coef: float = 0.2
+    clip_value: bool = True
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    norm_adv: bool = True
+    target_kl: float | None = None  # stop the epochs when approx KL exceeds this
+    desired_kl: float | None = None  # adapt the lr towards this KL (rsl_rl), None: fixed lr
+    anneal_lr: bool = False
+
+
+def compute_gae(
+    rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor,
+    gamma: float, gae_lambda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation.
+
+    rewards, values, dones: (S, N) for S steps of N envs; dones[t] says the episode ended at
+    step t (after reward[t]); next_value: (N,) value of the state after the last step.
+    Returns advantages and returns (S, N).
+    """
+    steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(next_value)
+    for t in reversed(range(steps)):
+        following = next_value if t == steps - 1 else values[t + 1]
+        not_done = 1.0 - dones[t].float()
+        delta = rewards[t] + gamma * following * not_done - values[t]
+        last = delta + gamma * gae_lambda * not_done * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+def ppo_loss(
+    new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+    new_value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor, entropy: torch.Tensor,
+    cfg: PPOConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped PPO objective for one minibatch; every input is (B,)."""
+    log_ratio = new_log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    if cfg.norm_adv and advantages.numel() > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    policy_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+    if cfg.clip_value:
+        clipped = old_value + (new_value - old_value).clamp(-cfg.clip_coef, cfg.clip_coef)
+        value_loss = 0.5 * torch.max((new_value - returns) ** 2, (clipped - returns) ** 2).mean()
+    else:
+        value_loss = 0.5 * ((new_value - returns) ** 2).mean()
+    entropy_mean = entropy.mean()
+    loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - log_ratio).mean()  # k3 estimator (Schulman)
+        clip_frac = ((ratio - 1).abs() > cfg.clip_coef).float().mean()
+    stats = {
+        "policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(), "entropy": entropy_mean.detach(),
+        "approx_kl": approx_kl, "clip_fraction": clip_frac,
+    }
+    return loss, stats
+
+
+@register_algo
+class PPO(Algorithm):
+    config_class = PPOConfig
+
+    def __init__(self, policy, cfg: PPOConfig):
+        super().__init__(policy, cfg)
+        self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+
+    def prepare(self, rollout: dict[str, Any], next_value: torch.Tensor) -> dict[str, Any]:
+        """Add advantages and returns to a rollout of (S, N, ...) tensors; flatten to (S*N, ...)."""
+        cfg = self.cfg
+        advantages, returns = compute_gae(
+            rollout["rewards"], rollout["values"], rollout["dones"], next_value, cfg.gamma, cfg.gae_lambda
+        )
+        rollout = dict(rollout, advantages=advantages, returns=returns)
+        batch = flatten_time(rollout)
+        batch["env_steps"] = rollout["rewards"].numel() * rollout["actions"].shape[2]
+        return batch
+
+    def update(self, batch: dict[str, Any], iteration: int) -> dict[str, float]:
+        cfg = self.cfg
+        total = batch["log_probs"].shape[0]
+        size = max(1, total // cfg.num_minibatches)
+        sums: dict[str, float] = {}
+        count = 0
+        stop = False
+        for epoch in range(cfg.update_epochs):
+            for idx in minibatches(total, size, self.generator):
+                obs = {k: v[idx] for k, v in batch["obs"].items()}
+                extras = {k: v[idx] for k, v in batch["extras"].items()}
+                log_prob, entropy, value = self.policy.evaluate(obs, batch["actions"][idx], extras)
+                loss, stats = ppo_loss(
+                    log_prob, batch["log_probs"][idx], batch["advantages"][idx], value,
+                    batch["values"][idx], batch["returns"][idx], entropy, cfg,
+                )
+                self.check_finite(loss, stats, iteration)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
+                count += 1
+                kl = float(stats["approx_kl"])
+                if cfg.desired_kl is not None:
+                    self.adapt_lr(kl)
+                if cfg.target_kl is not None and kl > cfg.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        metrics = {k: v / max(count, 1) for k, v in sums.items()}
+        metrics["epochs"] = epoch + 1
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        with torch.no_grad():
+            residual = batch["returns"] - batch["values"]
+            metrics["explained_variance"] = float(1 - residual.var() / (batch["returns"].var() + 1e-8))
+        return metrics
+
+    def adapt_lr(self, kl: float) -> None:
+        """rsl_rl's adaptive schedule: shrink the lr when KL is far above target, grow it when far below."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        if kl > 2.0 * self.cfg.desired_kl:
+            lr = max(1e-5, lr / 1.5)
+        elif kl < 0.5 * self.cfg.desired_kl:
+            lr = min(1e-2, lr * 1.5)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+
+def flatten_time(rollout: dict[str, Any]) -> dict[str, Any]:
+    """(S, N, ...) -> (S * N, ...) for every tensor, recursively through dicts."""
+    flat: dict[str, Any] = {}
+    for key, value in rollout.items():
+        if isinstance(value, dict):
+            flat[key] = flatten_time(value)
+        elif isinstance(value, torch.Tensor) and value.dim() >= 2:
+            flat[key] = value.reshape(-1, *value.shape[2:])
+        else:
+            flat[key] = value
+    return flat

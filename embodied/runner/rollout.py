@@ -1,0 +1,117 @@
+"""Collect on-policy rollouts from a batched env into (S, N, ...) tensors.
+
+A decision emits a chunk of T actions; the env executes them one by one and the decision's
+reward is the sum of the chunk's rewards up to the first episode end (rewards after it
+belong to the next episode and are dropped). A truncated (not terminated) episode is
+bootstrapped from its final observation: r += gamma * V(s_final), so GAE can treat every
+episode end alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from policies.base import Policy
+from sims.core import BatchedEnv, Obs
+
+
+def tensor_obs(obs: Obs) -> dict[str, torch.Tensor]:
+    """The tensor features of an observation (drops the instruction strings)."""
+    return {k: v for k, v in obs.items() if isinstance(v, torch.Tensor)}
+
+
+@dataclasses.dataclass
+class EpisodeTracker:
+    """Running return/length/success per env, and the finished episodes' statistics. An
+    episode counts as a success if the task was solved at any step (ManiSkill's success_once),
+    which is the same as success at the end when episodes terminate on success."""
+
+    num_envs: int
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        self.returns = torch.zeros(self.num_envs, device=self.device)
+        self.lengths = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+        self.succeeded = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        self.finished: list[dict[str, float]] = []
+
+    def step(self, reward: torch.Tensor, done: torch.Tensor, success: torch.Tensor) -> None:
+        self.returns += reward
+        self.lengths += 1
+        self.succeeded |= success
+        for i in done.nonzero()[:, 0].tolist():
+            self.finished.append(
+                {"return": float(self.returns[i]), "length": int(self.lengths[i]), "success": float(self.succeeded[i])}
+            )
+        self.returns[done] = 0.0
+        self.lengths[done] = 0
+        self.succeeded[done] = False
+
+    def pop(self) -> list[dict[str, float]]:
+        finished, self.finished = self.finished, []
+        return finished
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"returns": self.returns.clone(), "lengths": self.lengths.clone(), "succeeded": self.succeeded.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.returns.copy_(state["returns"])
+        self.lengths.copy_(state["lengths"])
+        self.succeeded.copy_(state["succeeded"])
+
+
+@torch.no_grad()
+def collect_rollout(
+    env: BatchedEnv, policy: Policy, obs: Obs, num_steps: int, gamma: float, tracker: EpisodeTracker,
+    update_normalizer: bool = True,
+) -> tuple[dict[str, Any], Obs, torch.Tensor]:
+    """Run `num_steps` decisions in every env.
+
+    Returns the rollout {obs: {key: (S, N, ...)}, actions (S, N, T, A), log_probs, values,
+    rewards, dones (S, N), extras}, the observation after the last step, and the value of it (N,).
+    """
+    n = env.num_envs
+    store: dict[str, list] = {"obs": [], "actions": [], "log_probs": [], "values": [], "rewards": [], "dones": [], "extras": []}
+    for _ in range(num_steps):
+        if update_normalizer:
+            policy.observe(obs)
+        out = policy.act(obs)
+        store["obs"].append(tensor_obs(obs))
+        store["actions"].append(out.action)
+        store["log_probs"].append(out.log_prob)
+        store["values"].append(out.value if out.value is not None else torch.zeros(n, device=env.device))
+        store["extras"].append(out.extras)
+        reward_sum = torch.zeros(n, device=env.device)
+        ended = torch.zeros(n, dtype=torch.bool, device=env.device)
+        for t in range(out.action.shape[1]):
+            obs, reward, terminated, truncated, info = env.step(out.action[:, t])
+            live = ~ended
+            done = (terminated | truncated) & live
+            timeout = truncated & ~terminated & live
+            bootstrap = torch.zeros(n, device=env.device)
+            if timeout.any() and out.value is not None:
+                bootstrap[timeout] = gamma * policy.value(info["final_observation"])[timeout]
+            reward_sum += torch.where(live, reward, 0.0) + bootstrap
+            tracker.step(reward, terminated | truncated, info["success"])
+            ended |= done
+        store["rewards"].append(reward_sum)
+        store["dones"].append(ended)
+    next_value = _value(policy, obs, n, env.device)
+    rollout = {
+        "obs": {k: torch.stack([o[k] for o in store["obs"]]) for k in store["obs"][0]},
+        "actions": torch.stack(store["actions"]),
+        "log_probs": torch.stack(store["log_probs"]),
+        "values": torch.stack(store["values"]),
+        "rewards": torch.stack(store["rewards"]),
+        "dones": torch.stack(store["dones"]),
+        "extras": {k: torch.stack([e[k] for e in store["extras"]]) for k in store["extras"][0]},
+    }
+    return rollout, obs, next_value
+
+
+def _value(policy: Policy, obs: Obs, n: int, device: torch.device) -> torch.Tensor:
+    value = getattr(policy, "value", None)
+    return value(obs) if value is not None else torch.zeros(n, device=device)

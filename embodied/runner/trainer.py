@@ -1,0 +1,196 @@
+"""`embodied train`: rollout -> update -> log -> evaluate -> checkpoint, resumable exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import sims
+from embodied.algos import ALGOS, AlgoConfig
+from embodied.algos.ppo import PPOConfig
+from embodied.config import load_config, save_config, to_dict
+from embodied.evaluate import evaluate_policy
+from embodied.runner.checkpoint import latest_checkpoint, save_checkpoint
+from embodied.runner.logger import LogConfig, Logger
+from embodied.runner.rollout import EpisodeTracker
+from policies import MLPPolicyConfig, make_policy
+from policies.base import Policy, PolicyConfig
+from sims.core import EnvConfig
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    every: int = 10  # iterations between evaluations; 0: only at the end
+    episodes: int = 64
+    seed: int = 1_000_000  # held out: training seeds are cfg.seed
+    deterministic: bool = True
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    every: int = 10  # iterations
+    keep_last: int = 3
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    name: str = "run"
+    seed: int = 0
+    total_env_steps: int = 500_000
+    run_dir: str = ""  # default: runs/<name>
+    torch_threads: int = 0  # 0: torch's default
+    env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
+    policy: PolicyConfig = dataclasses.field(default_factory=MLPPolicyConfig)
+    algo: AlgoConfig = dataclasses.field(default_factory=PPOConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Builds env, policy and algorithm from a TrainConfig and runs the loop."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir or f"runs/{cfg.name}")
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        seed_everything(cfg.seed)
+        self.env = sims.make(dataclasses.replace(cfg.env, seed=cfg.seed))
+        self.obs = self.env.reset(seed=cfg.seed)
+        self.policy: Policy = make_policy(cfg.policy, self.obs, self.env.action_dim)
+        self.algo = ALGOS[cfg.algo.name](self.policy, cfg.algo)
+        self.tracker = EpisodeTracker(self.env.num_envs, self.env.device)
+        self.iteration = 0
+        self.env_steps = 0
+        self.wall_time = 0.0
+        if resume:
+            self._restore(latest_checkpoint(self.run_dir))
+        else:
+            if (self.run_dir / "checkpoints" / "latest").exists():
+                raise FileExistsError(
+                    f"{self.run_dir} already holds a run; resume it with --resume {self.run_dir} or pick another run_dir/name."
+                )
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path) -> Trainer:
+        """Resume the run in `run_dir` from its latest checkpoint, with its saved config."""
+        run_dir = Path(run_dir)
+        latest_checkpoint(run_dir)  # a clear error when it is not a run
+        cfg = load_config(TrainConfig, run_dir / "config.yaml")
+        cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
+        return cls(cfg, resume=True)
+
+    # ------------------------------------------------------------------ loop
+    def train(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Run to `total_env_steps` (or `stop_after` more iterations); returns the final eval."""
+        cfg = self.cfg
+        logger = Logger(self.run_dir, cfg.log, cfg.total_env_steps, to_dict(cfg), self.env_steps)
+        last_eval: dict[str, Any] = {}
+        stop_iteration = None if stop_after is None else self.iteration + stop_after
+        try:
+            while self.env_steps < cfg.total_env_steps and self.iteration != stop_iteration:
+                start = time.perf_counter()
+                rollout, self.obs, next_value = self.algo.collect(self.env, self.obs, self.tracker)
+                collect_seconds = time.perf_counter() - start
+                batch = self.algo.prepare(rollout, next_value)
+                metrics = self.algo.update(batch, self.iteration)
+                self.iteration += 1
+                steps = batch["env_steps"]
+                self.env_steps += steps
+                seconds = time.perf_counter() - start
+                self.wall_time += seconds
+                metrics = {f"train/{k}": v for k, v in metrics.items()}
+                metrics.update(self._episode_metrics())
+                metrics["perf/env_steps_per_s"] = steps / seconds
+                metrics["perf/collect_fraction"] = collect_seconds / seconds
+                metrics["time/wall_s"] = self.wall_time
+                if cfg.eval.every and self.iteration % cfg.eval.every == 0 and self.env_steps < cfg.total_env_steps:
+                    last_eval = self.evaluate(video=bool(cfg.log.video_every) and self.iteration % cfg.log.video_every == 0)
+                    metrics.update({f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, (int, float))})
+                logger.log(self.env_steps, metrics)
+                logger.progress(self.env_steps, {
+                    "it": self.iteration, "steps/s": metrics["perf/env_steps_per_s"],
+                    "success": metrics.get("rollout/success_rate", float("nan")),
+                    "return": metrics.get("rollout/return", float("nan")),
+                    **({"eval": last_eval["success_rate"]} if last_eval else {}),
+                })
+                if cfg.checkpoint.every and self.iteration % cfg.checkpoint.every == 0:
+                    self.save()
+            if self.env_steps >= cfg.total_env_steps:
+                final = self.evaluate(video=cfg.log.final_video)
+                (self.run_dir / "eval.json").write_text(json.dumps(final | {"env_steps": self.env_steps, "wall_s": self.wall_time}, indent=2))
+                logger.log(self.env_steps, {f"eval/{k}": v for k, v in final.items() if isinstance(v, (int, float))})
+                logger.write(
+                    f"final eval: success {final['success_rate']:.1%} (95% CI {final['success_ci95'][0]:.1%}-"
+                    f"{final['success_ci95'][1]:.1%}) over {final['episodes']} episodes; {self.env_steps} env steps, {self.wall_time:.0f} s"
+                )
+                self.save()
+                last_eval = final
+        finally:
+            logger.close()
+        return last_eval
+
+    def _episode_metrics(self) -> dict[str, float]:
+        episodes = self.tracker.pop()
+        if not episodes:
+            return {}
+        return {
+            "rollout/success_rate": float(np.mean([e["success"] for e in episodes])),
+            "rollout/return": float(np.mean([e["return"] for e in episodes])),
+            "rollout/episode_length": float(np.mean([e["length"] for e in episodes])),
+            "rollout/episodes": float(len(episodes)),
+        }
+
+    def evaluate(self, video: bool = False) -> dict[str, Any]:
+        cfg = self.cfg
+        path = self.run_dir / "videos" / f"eval_{self.iteration:06d}.mp4" if video else None
+        return evaluate_policy(self.policy, cfg.env, cfg.eval.episodes, cfg.eval.seed, cfg.eval.deterministic, video_path=path)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Path:
+        state = {
+            "iteration": self.iteration,
+            "env_steps": self.env_steps,
+            "wall_time": self.wall_time,
+            "algo": self.algo.state_dict(),
+            "env_state": self.env.get_state(),
+            "env_rng": self.env.get_rng_state(),
+            "tracker": self.tracker.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+        }
+        return save_checkpoint(self.run_dir, self.iteration, self.policy, state, self.cfg.checkpoint.keep_last)
+
+    def _restore(self, path: Path) -> None:
+        saved = Policy.from_pretrained(path / "policy")
+        if type(saved) is not type(self.policy) or saved.config != self.policy.config:
+            raise ValueError(f"Checkpoint {path} holds a {saved.kind} policy of another shape than this config builds.")
+        self.policy.load_state_dict(saved.state_dict())
+        state = torch.load(path / "trainer.pt", weights_only=False)
+        self.iteration = state["iteration"]
+        self.env_steps = state["env_steps"]
+        self.wall_time = state["wall_time"]
+        self.algo.load_state_dict(state["algo"])
+        self.obs = self.env.set_state(state["env_state"])
+        self.env.set_rng_state(state["env_rng"])
+        self.tracker.load_state_dict(state["tracker"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])

@@ -1,0 +1,117 @@
+"""The policy contract shared by small policies and VLAs.
+
+``act(obs) -> PolicyOutput`` samples (or, deterministically, picks) an action chunk with its
+log-probability and value; ``evaluate(obs, actions, extras)`` recomputes log-probabilities,
+entropy and values for the update. ``extras`` carries whatever a policy needs to recompute a
+log-prob exactly (sampled tokens, a denoising noise path). Policies save and load in the
+Hugging Face layout: ``config.json`` + ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+POLICIES: dict[str, type[Policy]] = {}
+
+
+def register_policy(cls: type[Policy]) -> type[Policy]:
+    """Class decorator: make a policy buildable by name (its config's `kind`)."""
+    POLICIES[cls.kind] = cls
+    return cls
+
+
+@dataclasses.dataclass
+class PolicyConfig:
+    """Base of the policy configs; a YAML `policy:` section picks its class by `kind`."""
+
+    variant_key: ClassVar[str] = "kind"
+    default_variant: ClassVar[str] = "mlp"
+    kind: str = ""
+
+    @staticmethod
+    def variants() -> dict[str, type]:
+        return {kind: policy.config_class for kind, policy in POLICIES.items()}
+
+
+@dataclasses.dataclass
+class PolicyOutput:
+    """One decision for N envs.
+
+    action:   (N, T, A) float32 chunk of T actions in env units ([-1, 1])
+    log_prob: (N,) log-probability of the whole chunk under the sampling distribution
+    value:    (N,) state-value estimate, or None for critic-free policies
+    extras:   per-env tensors (N, ...) that `evaluate` needs to recompute `log_prob`
+    """
+
+    action: torch.Tensor
+    log_prob: torch.Tensor
+    value: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+
+class Policy(nn.Module, abc.ABC):
+    """Base class: a `config` dataclass, act/evaluate, and HF-layout save/load."""
+
+    kind: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.config = config
+
+    @property
+    def chunk_size(self) -> int:
+        return getattr(self.config, "chunk_size", 1)
+
+    @abc.abstractmethod
+    def act(self, obs: dict[str, Any], deterministic: bool = False) -> PolicyOutput:
+        """Choose an action chunk for each env of the batch."""
+
+    @abc.abstractmethod
+    def evaluate(
+        self, obs: dict[str, Any], actions: torch.Tensor, extras: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """log_prob (N,), entropy (N,), value (N,) or None of `actions` (N, T, A) at `obs`."""
+
+    def observe(self, obs: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Update running statistics (observation normalisation) with a rollout batch."""
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` to `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"kind": self.kind, **dataclasses.asdict(self.config)}
+        (directory / "config.json").write_text(json.dumps(config, indent=2))
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, directory / "model.safetensors")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> Policy:
+        """Load a policy saved by `save_pretrained` (any registered kind when called on Policy)."""
+        directory = Path(directory)
+        config_path = directory / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"No config.json in {str(directory)!r}: not a saved policy folder.")
+        raw = json.loads(config_path.read_text())
+        kind = raw.pop("kind", getattr(cls, "kind", None))
+        if kind not in POLICIES:
+            raise ValueError(f"Unknown policy kind {kind!r} in {config_path}; known: {', '.join(POLICIES)}.")
+        policy_cls = POLICIES[kind]
+        from embodied.config import from_dict
+
+        policy = policy_cls(from_dict(policy_cls.config_class, raw))
+        state = load_file(directory / "model.safetensors")
+        missing, unexpected = policy.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"Checkpoint {directory} does not fit a {kind} policy of this config: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}."
+            )
+        return policy
