@@ -52,6 +52,56 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from embodied.config import load_config
+    from embodied.runner.trainer import Trainer, TrainConfig
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise ValueError("--resume continues a run with its saved config; give no config file or overrides.")
+        trainer = Trainer.from_run_dir(args.resume)
+    else:
+        if not args.config:
+            raise ValueError("embodied train needs a config file (see configs/) or --resume RUN_DIR.")
+        trainer = Trainer(load_config(TrainConfig, args.config, args.overrides))
+    print(f"run directory: {trainer.run_dir}")
+    trainer.train()
+    from embodied.report import write_report
+
+    print(f"report: {write_report(trainer.run_dir)}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from embodied.config import load_config
+    from embodied.evaluate import evaluate_policy
+    from embodied.runner.checkpoint import latest_checkpoint
+    from embodied.runner.trainer import TrainConfig
+    from policies.base import Policy
+
+    run_dir = Path(args.run_dir)
+    checkpoint = latest_checkpoint(run_dir)
+    cfg = load_config(TrainConfig, run_dir / "config.yaml")
+    policy = Policy.from_pretrained(checkpoint / "policy")
+    video = run_dir / "videos" / f"eval_{checkpoint.name}_seed{args.seed}.mp4" if args.video else None
+    result = evaluate_policy(policy, cfg.env, args.episodes, args.seed, video_path=video)
+    result["checkpoint"] = str(checkpoint)
+    out = run_dir / f"eval_{checkpoint.name}_seed{args.seed}.json"
+    out.write_text(json.dumps(result, indent=2))
+    low, high = result["success_ci95"]
+    print(f"success {result['success_rate']:.1%} (95% CI {low:.1%}-{high:.1%}) over {args.episodes} episodes -> {out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from embodied.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embodied", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-video", action="store_true")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("train", help="train from a YAML recipe: embodied train configs/X.yaml algo.lr=3e-4 ...")
+    p.add_argument("config", nargs="?", help="a YAML recipe from configs/")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, key.sub=value")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its latest checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's latest checkpoint on held-out seeds")
+    p.add_argument("run_dir")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=2_000_000)
+    p.add_argument("--video", action="store_true")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("report", help="PNG curves and an HTML page for a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 
@@ -84,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as error:  # bad names and shapes: one clear line, no traceback
+    except (ValueError, FileNotFoundError, FileExistsError) as error:  # bad input: one clear line
         print(f"embodied: error: {error}", file=sys.stderr)
         return 2
 
