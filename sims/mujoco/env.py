@@ -225,9 +225,11 @@ class MujocoBatchedEnv(BatchedEnv):
         self.batch.state[ids] = state["physics"].cpu().numpy()
         self.elapsed_steps[ids_t] = state["elapsed_steps"].to(self.device)
         self.instruction_index[ids_t] = state["instruction_index"].to(self.device)
-        for key, value in state.items():
-            if key.startswith("model."):
-                self.batch.expand(key[len("model."):])[ids] = value.cpu().numpy()
+        model_fields = [key for key in state if key.startswith("model.")]
+        for key in model_fields:
+            self.batch.expand(key[len("model."):])[ids] = state[key].cpu().numpy()
+        if "model.body_mass" in model_fields:
+            self.batch.set_const(ids)
         self.task.set_state({k[len("task."):]: v for k, v in state.items() if k.startswith("task.")}, ids_t)
         self._forward(ids)
         return self._observe()
@@ -355,3 +357,4 @@ class MujocoBatchedEnv(BatchedEnv):
                 scale = draw(len(bodies), low=dr.mass_range[0], high=dr.mass_range[1])
                 b.expand("body_mass")[np.ix_(ids, bodies)] = nominal["body_mass"][bodies] * scale
                 b.expand("body_inertia")[np.ix_(ids, bodies)] = nominal["body_inertia"][bodies] * scale[..., None]
+                b.set_const(ids)  # derived constants (body_subtreemass) follow the new masses

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 import mujoco
 import torch
 
-from sims.rotations import quat_mul, quat_to_axis_angle, quat_conj, wrap_angle, yaw_to_quat
+from sims.rotations import quat_conj, quat_mul, quat_to_axis_angle, wrap_angle, yaw_to_quat
 
 if TYPE_CHECKING:
     from sims.mujoco.env import MujocoBatchedEnv
