@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from policies import mlp  # noqa: F401  (registration)
+from policies import cnn, mlp  # noqa: F401  (registration)
 from policies.base import POLICIES, Policy, PolicyOutput, register_policy
+from policies.cnn import CNNPolicyConfig
 from policies.mlp import MLPPolicyConfig, flat_observation
 
 
@@ -20,7 +21,9 @@ def make_policy(config: Any, obs: dict[str, Any], action_dim: int) -> Policy:
         updates["action_dim"] = action_dim
     if getattr(config, "obs_dim", None) == 0:
         updates["obs_dim"] = flat_observation(obs, config.obs_keys).shape[1]
+    if getattr(config, "state_dim", None) == 0 and config.state_keys:
+        updates["state_dim"] = flat_observation(obs, config.state_keys).shape[1]
     return POLICIES[kind](dataclasses.replace(config, **updates))
 
 
-__all__ = ["POLICIES", "MLPPolicyConfig", "Policy", "PolicyOutput", "make_policy", "register_policy"]
+__all__ = ["POLICIES", "CNNPolicyConfig", "MLPPolicyConfig", "Policy", "PolicyOutput", "make_policy", "register_policy"]

@@ -1,0 +1,113 @@
+"""A small CNN Gaussian actor-critic for camera images (+ state), for fast image-based RL.
+
+Each camera's uint8 (N, H, W, 3) image goes through a shared NatureCNN-style encoder (as
+ManiSkill's RGB PPO baseline); the features of all cameras and the normalised state vector
+are concatenated and fed to separate actor and critic MLP heads."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from policies.base import Policy, PolicyConfig, PolicyOutput, register_policy
+from policies.mlp import flat_observation, mlp
+from policies.normalizer import RunningNormalizer
+
+
+@dataclasses.dataclass
+class CNNPolicyConfig(PolicyConfig):
+    kind: str = "cnn"
+    cameras: tuple[str, ...] = ("front",)
+    image_size: tuple[int, int] = (64, 64)  # H, W
+    state_keys: tuple[str, ...] = ("observation.state",)
+    state_dim: int = 0  # filled from the env when 0
+    action_dim: int = 0  # filled from the env when 0
+    chunk_size: int = 1
+    channels: tuple[int, ...] = (32, 64, 64)
+    feature_dim: int = 256
+    hidden_sizes: tuple[int, ...] = (256,)
+    activation: str = "relu"
+    init_log_std: float = -0.5
+
+
+class ImageEncoder(nn.Module):
+    """uint8 (N, H, W, 3) -> float (N, feature_dim)."""
+
+    def __init__(self, channels: tuple[int, ...], image_size: tuple[int, int], feature_dim: int):
+        super().__init__()
+        kernels, strides = (8, 4, 3), (4, 2, 1)
+        layers: list[nn.Module] = []
+        n_in = 3
+        for n_out, k, s in zip(channels, kernels, strides, strict=False):
+            layers += [nn.Conv2d(n_in, n_out, k, s), nn.ReLU()]
+            n_in = n_out
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, 3, *image_size)).shape[1]
+        self.project = nn.Sequential(nn.Linear(flat, feature_dim), nn.ReLU())
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.permute(0, 3, 1, 2).float() / 255.0
+        return self.project(self.conv(x))
+
+
+@register_policy
+class CNNPolicy(Policy):
+    kind = "cnn"
+    config_class = CNNPolicyConfig
+
+    def __init__(self, config: CNNPolicyConfig):
+        super().__init__(config)
+        if config.action_dim <= 0:
+            raise ValueError("CNNPolicyConfig needs action_dim (build it with policies.make_policy).")
+        self.encoder = ImageEncoder(config.channels, config.image_size, config.feature_dim)
+        self.normalizer = RunningNormalizer(config.state_dim) if config.state_dim else None
+        features = config.feature_dim * len(config.cameras) + config.state_dim
+        out = config.chunk_size * config.action_dim
+        self.actor = mlp([features, *config.hidden_sizes, out], config.activation, out_gain=0.01)
+        self.critic = mlp([features, *config.hidden_sizes, 1], config.activation, out_gain=1.0)
+        self.log_std = nn.Parameter(torch.full((out,), config.init_log_std))
+
+    def _images(self, obs: dict[str, Any]) -> list[torch.Tensor]:
+        images = []
+        for camera in self.config.cameras:
+            key = f"observation.images.{camera}"
+            if key not in obs:
+                raise KeyError(f"Observation lacks {key!r}: make the env with obs_mode='rgb' and this camera.")
+            image = obs[key]
+            if tuple(image.shape[1:3]) != tuple(self.config.image_size):
+                raise ValueError(f"{key} is {tuple(image.shape[1:3])}; this policy expects {self.config.image_size}.")
+            images.append(image)
+        return images
+
+    def features(self, obs: dict[str, Any]) -> torch.Tensor:
+        parts = [self.encoder(image) for image in self._images(obs)]
+        if self.normalizer is not None:
+            parts.append(self.normalizer(flat_observation(obs, self.config.state_keys)))
+        return torch.cat(parts, dim=1)
+
+    def observe(self, obs: dict[str, Any]) -> None:
+        if self.normalizer is not None:
+            self.normalizer.update(flat_observation(obs, self.config.state_keys))
+
+    def distribution(self, x: torch.Tensor) -> torch.distributions.Normal:
+        return torch.distributions.Normal(self.actor(x), self.log_std.exp().expand(x.shape[0], -1))
+
+    def value(self, obs: dict[str, Any]) -> torch.Tensor:
+        return self.critic(self.features(obs))[:, 0]
+
+    def act(self, obs: dict[str, Any], deterministic: bool = False) -> PolicyOutput:
+        x = self.features(obs)
+        dist = self.distribution(x)
+        flat = dist.mean if deterministic else dist.sample()
+        action = flat.view(x.shape[0], self.config.chunk_size, self.config.action_dim)
+        return PolicyOutput(action=action, log_prob=dist.log_prob(flat).sum(-1), value=self.critic(x)[:, 0])
+
+    def evaluate(self, obs, actions, extras):
+        x = self.features(obs)
+        dist = self.distribution(x)
+        flat = actions.reshape(x.shape[0], -1)
+        return dist.log_prob(flat).sum(-1), dist.entropy().sum(-1), self.critic(x)[:, 0]

@@ -1,0 +1,59 @@
+"""GRPO: group-normalised advantages, dynamic sampling, the clip-higher loss, shared initial states."""
+
+import math
+
+import pytest
+import torch
+
+import sims
+from embodied.algos.grpo import GRPO, GRPOConfig, group_advantages, grpo_loss, mixed_groups
+from embodied.runner.rollout import EpisodeTracker
+from policies import MLPPolicyConfig, make_policy
+
+
+def test_group_advantages_by_hand():
+    outcomes = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    adv = group_advantages(outcomes, group_size=4, eps=1e-6)
+    # group 1: mean 0.5, std 0.5 -> +-1; group 2: all equal -> 0
+    torch.testing.assert_close(adv, torch.tensor([1.0, -1.0, -1.0, 1.0, 0, 0, 0, 0]), atol=1e-5, rtol=0)
+    assert mixed_groups(outcomes, 4).tolist() == [True, False]
+
+
+def test_clip_higher_loss_by_hand():
+    cfg = GRPOConfig(clip_low=0.2, clip_high=0.28)
+    old = torch.zeros(3)
+    new = torch.log(torch.tensor([1.5, 0.5, 1.1]))
+    adv = torch.tensor([1.0, -1.0, 2.0])
+    loss, stats = grpo_loss(new, old, adv, cfg)
+    # min(1.5, 1.28) * 1 = 1.28; min(0.5 * -1, 0.8 * -1) = -0.8; min(1.1 * 2, 1.1 * 2) = 2.2
+    assert loss.item() == pytest.approx(-(1.28 - 0.8 + 2.2) / 3)
+    assert stats["clip_fraction"].item() == pytest.approx(2 / 3)
+    kl = ((0.5 - math.log(1.5)) + (-0.5 - math.log(0.5)) + (0.1 - math.log(1.1))) / 3
+    assert stats["approx_kl"].item() == pytest.approx(kl, rel=1e-5)
+
+
+def test_groups_start_from_one_state_and_keep_only_mixed_groups():
+    env = sims.make("Reach", num_envs=8, max_episode_steps=6)
+    obs = env.reset(seed=0)
+    policy = make_policy(MLPPolicyConfig(hidden_sizes=(16,)), obs, env.action_dim)
+    algo = GRPO(policy, GRPOConfig(group_size=4, outcome="return", max_sample_rounds=1))
+    episodes = algo.run_group_episodes(env, EpisodeTracker(8, env.device))
+    first = episodes["obs"]["observation.environment_state"][0]
+    assert torch.equal(first[0], first[3]) and torch.equal(first[4], first[7])
+    assert not torch.equal(first[0], first[4])
+    assert episodes["valid"].shape == (6, 8) and episodes["valid"].all()
+    batch, _, _ = algo.collect(env, obs, EpisodeTracker(8, env.device))
+    assert batch["actions"].shape[0] == 6 * 8  # returns differ within both groups: all kept
+    algo_success = GRPO(policy, GRPOConfig(group_size=4, outcome="success", max_sample_rounds=1))
+    batch, _, _ = algo_success.collect(env, obs, EpisodeTracker(8, env.device))
+    # an untrained policy never reaches in 6 steps: every group is uniform, nothing is kept
+    assert batch["actions"].shape[0] == 0 and batch["stats"]["mixed_group_fraction"] == 0.0
+    assert algo_success.update(batch, 0)["batch_steps"] == 0
+
+
+def test_num_envs_must_be_a_multiple_of_the_group():
+    env = sims.make("Reach", num_envs=6)
+    obs = env.reset(seed=0)
+    policy = make_policy(MLPPolicyConfig(hidden_sizes=(16,)), obs, env.action_dim)
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        GRPO(policy, GRPOConfig(group_size=4)).run_group_episodes(env, EpisodeTracker(6, env.device))
