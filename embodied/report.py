@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
 
 CURVES = (
     ("rollout/success_rate", "training success (rollouts)"),
@@ -38,6 +39,7 @@ def plot_curves(rows: list[dict], out: Path) -> list[Path]:
                 ax.plot(xs, ys, marker="." if len(points) < 30 else None)
             ax.set_title(title)
             ax.set_xlabel(x_label)
+            ax.xaxis.set_major_formatter(EngFormatter())
             ax.grid(alpha=0.3)
             if "success" in key:
                 ax.set_ylim(-0.02, 1.02)
