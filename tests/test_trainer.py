@@ -88,3 +88,21 @@ def test_ppo_improves_reach(tmp_path):
     assert len(returns) >= 6
     early, late = sum(returns[:3]) / 3, sum(returns[-3:]) / 3
     assert late > early + 5.0, (early, late)
+
+
+def test_non_finite_loss_stops_with_a_diagnostic_and_keeps_the_checkpoint(tmp_path):
+    from embodied.algos import NonFiniteLossError
+
+    trainer = Trainer(config(tmp_path, "total_env_steps=2048", "checkpoint.every=1"))
+    trainer.train(stop_after=1)
+    good = latest_checkpoint(trainer.run_dir)
+    step = trainer.env.step
+
+    def poisoned_step(action):
+        obs, reward, terminated, truncated, info = step(action)
+        return obs, reward * float("nan"), terminated, truncated, info
+
+    trainer.env.step = poisoned_step
+    with pytest.raises(NonFiniteLossError, match="iteration 1"):
+        trainer.train()
+    assert latest_checkpoint(trainer.run_dir) == good
