@@ -65,7 +65,7 @@ class Algorithm(abc.ABC):
             return
         bad = [k for k, v in stats.items() if not torch.isfinite(v).all()]
         raise NonFiniteLossError(
-            f"Non-finite loss at iteration {iteration}: {float(loss)} (non-finite terms: {bad or 'none'}; "
+            f"Non-finite loss at iteration {iteration}: {loss.item()} (non-finite terms: {bad or 'none'}; "
             f"terms: { {k: float(v) for k, v in stats.items()} }). The last good checkpoint is kept."
         )
 
