@@ -22,9 +22,8 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim_demo(args: argparse.Namespace) -> int:
-    from embodied.demo import record_expert_video, evaluate_expert, success_table
-
     import sims
+    from embodied.demo import evaluate_expert, record_expert_video, success_table
 
     tasks = sims.list_tasks() if args.task == "all" else [args.task]
     from sims.core import check_choice
@@ -54,7 +53,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from embodied.config import load_config
-    from embodied.runner.trainer import Trainer, TrainConfig
+    from embodied.runner.trainer import TrainConfig, Trainer
 
     if args.resume:
         if args.config or args.overrides:

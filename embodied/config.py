@@ -9,24 +9,23 @@ overrides are parsed as YAML (`3e-4`, `true`, `[front, wrist]`, `null`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
 from sims.core import closest
-
-T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A config key or value that does not fit the config classes."""
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
+def load_config[T](cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
     """`cls` filled from the YAML file at `path` (if any), then from `key.sub=value` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
@@ -58,7 +57,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+def from_dict[T](cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass `cls` from a nested dict, checking every key and type."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'} must be a mapping of {cls.__name__} fields; got {data!r}.")
@@ -128,10 +127,8 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
         return value
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a float; got {value!r}.")
         return float(value)

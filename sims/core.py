@@ -47,7 +47,7 @@ class RandomizationConfig:
 
     enabled: bool = False
     object_pose: bool = True
-    colors: bool = True
+    colors: bool = True  # objects keep their hue (instructions name it); the table any colour
     lighting: bool = True
     camera_pose: bool = True
     physics: bool = True  # friction and mass

@@ -236,3 +236,21 @@ def test_sparse_reward_is_success():
     for _ in range(30):
         obs, reward, _, _, info = env.step(expert.act(obs))
         assert torch.equal(reward, info["success"].float())
+
+
+def test_camera_observations_follow_each_env_state():
+    env = sims.make("PickCube", num_envs=3, obs_mode="rgbd", cameras=("front", "wrist"),
+                    render=sims.RenderSettings(width=48, height=40))
+    obs = env.reset(seed=0)
+    front, wrist = obs["observation.images.front"], obs["observation.images.wrist"]
+    assert front.shape == (3, 40, 48, 3) and front.dtype == torch.uint8 and wrist.shape == (3, 40, 48, 3)
+    depth = obs["observation.depth.front"]
+    assert depth.shape == (3, 40, 48) and depth.dtype == torch.float32
+    table = depth[:, 20:]  # the lower half sees the table (the upper half partly the far plane)
+    assert table.min() > 0.2 and table.max() < 3.0, (table.min(), table.max())
+    assert not torch.equal(front[0], front[1])  # the cubes lie elsewhere
+    snapshot = env.get_state()
+    obs = env.set_state({k: v[[0]] for k, v in snapshot.items()}, env_ids=torch.tensor([1]))
+    assert torch.equal(obs["observation.images.front"][0], obs["observation.images.front"][1])
+    assert torch.equal(obs["observation.images.wrist"][0], obs["observation.images.wrist"][1])
+    env.close()

@@ -7,7 +7,7 @@ import torch
 
 from embodied.config import load_config
 from embodied.runner.checkpoint import latest_checkpoint
-from embodied.runner.trainer import Trainer, TrainConfig
+from embodied.runner.trainer import TrainConfig, Trainer
 
 FAST = [
     "env.task=Reach", "env.num_envs=32", "env.terminate_on_success=false", "algo.num_steps=8",

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from embodied.algos.base import Algorithm, AlgoConfig, minibatches, register_algo
+from embodied.algos.base import AlgoConfig, Algorithm, minibatches, register_algo
 from embodied.runner.rollout import tensor_obs
 
 

@@ -20,7 +20,12 @@ from typing import Any
 
 import torch
 
-from embodied.algos.base import Algorithm, AlgoConfig, NonFiniteLossError, register_algo, minibatches
+from embodied.algos.base import (
+    AlgoConfig,
+    Algorithm,
+    minibatches,
+    register_algo,
+)
 
 
 @dataclasses.dataclass
@@ -119,7 +124,9 @@ class PPO(Algorithm):
         sums: dict[str, float] = {}
         count = 0
         stop = False
-        for epoch in range(cfg.update_epochs):
+        epochs = 0
+        for _ in range(cfg.update_epochs):
+            epochs += 1
             for idx in minibatches(total, size, self.generator):
                 obs = {k: v[idx] for k, v in batch["obs"].items()}
                 extras = {k: v[idx] for k, v in batch["extras"].items()}
@@ -146,7 +153,7 @@ class PPO(Algorithm):
             if stop:
                 break
         metrics = {k: v / max(count, 1) for k, v in sums.items()}
-        metrics["epochs"] = epoch + 1
+        metrics["epochs"] = epochs
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         with torch.no_grad():
             residual = batch["returns"] - batch["values"]

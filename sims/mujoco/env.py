@@ -331,10 +331,15 @@ class MujocoBatchedEnv(BatchedEnv):
             return self.uniform(env_ids, *shape, low=low, high=high).double().numpy()
 
         if dr.colors:
-            geoms = [m.geom(g).id for g in (*self.task.randomized_geoms, "table")]
+            # Objects keep their hue (instructions name it: "the red cube"): brightness and a
+            # small tint change. The table gets any colour.
+            objects = [m.geom(g).id for g in self.task.randomized_geoms]
+            table = [m.geom("table").id]
             rgba = b.expand("geom_rgba")
-            rgba[np.ix_(ids, geoms)] = nominal["geom_rgba"][geoms]
-            rgba[np.ix_(ids, geoms, [0, 1, 2])] = draw(len(geoms), 3, low=0.05, high=0.95)
+            base = nominal["geom_rgba"][objects][None, :, :3]
+            tinted = base * draw(len(objects), 1, low=0.65, high=1.25) + draw(len(objects), 3, low=-0.06, high=0.06)
+            rgba[np.ix_(ids, objects, [0, 1, 2])] = np.clip(tinted, 0.0, 1.0)
+            rgba[np.ix_(ids, table, [0, 1, 2])] = draw(1, 3, low=0.15, high=0.9)
         if dr.lighting:
             scale = draw(m.nlight, 1, low=dr.light_range[0], high=dr.light_range[1])
             b.expand("light_diffuse")[ids] = nominal["light_diffuse"][None] * scale

@@ -1,0 +1,143 @@
+"""PushCube and StackCube: spawn distributions, success, dense rewards, per-env resets."""
+
+import pytest
+import torch
+
+import sims
+from sims.tasks import push_cube, stack_cube
+
+UPRIGHT = torch.tensor([1.0, 0.0, 0.0, 0.0])
+
+
+def place(env, joint: str, pos: torch.Tensor) -> None:
+    """Put a free body of every env at rest at (N, 3) `pos`, upright, and recompute the kinematics."""
+    ids = torch.arange(env.num_envs)
+    env.set_free_pose(joint, ids, pos, UPRIGHT.expand(env.num_envs, 4))
+    env._forward(ids.numpy())
+
+
+def assert_reset_of_env_1_only(env) -> None:
+    env.reset(seed=3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        env.step(torch.rand(env.num_envs, env.action_dim, generator=gen) * 2 - 1)
+    before = env.task.environment_state().clone()
+    after = env.reset(env_ids=torch.tensor([1]))["observation.environment_state"]
+    assert torch.equal(after[[0, 2, 3]], before[[0, 2, 3]])
+    assert not torch.equal(after[1], before[1])
+
+
+# ---------------------------------------------------------------------------------- PushCube
+@pytest.fixture(scope="module")
+def push_env():
+    env = sims.make("PushCube", num_envs=4, seed=0, terminate_on_success=False)
+    yield env
+    env.close()
+
+
+def test_push_goal_within_bounds_and_at_the_required_distance():
+    env = sims.make("PushCube", num_envs=64)
+    low, high = push_cube.GOAL_DISTANCE
+    for seed in range(3):
+        env.reset(seed=seed)
+        cube, goal = env.task.cube_pos(), env.task.goal
+        distance = (goal - cube)[:, :2].norm(dim=1)
+        assert ((distance >= low - 1e-4) & (distance <= high + 1e-4)).all()
+        assert (goal[:, :2].abs() <= push_cube.GOAL_BOUND + 1e-5).all()
+        assert (cube[:, :2].abs() <= push_cube.CUBE_SPAWN + 1e-5).all()
+        assert torch.allclose(cube[:, 2], torch.full((64,), push_cube.HALF), atol=1e-4)
+        marker = torch.as_tensor(env.mocap_pos[:, env.task.goal_mocap, :2], dtype=torch.float32)
+        assert torch.allclose(marker, goal[:, :2])
+        assert not env.task.success().any()
+    env.close()
+
+
+def test_push_observations_and_reward(push_env):
+    obs = push_env.reset(seed=0)
+    assert obs["observation.environment_state"].shape == (4, 16)
+    assert len(push_env.instructions) >= 4
+    reward = push_env.task.dense_reward()
+    assert ((reward >= 0) & (reward <= 1)).all()
+
+
+def test_push_reward_rises_as_the_cube_nears_the_goal(push_env):
+    push_env.reset(seed=1)
+    task = push_env.task
+    start, goal = task.cube_pos().clone(), task.goal.clone()
+    goal[:, 2] = push_cube.HALF
+    rewards = []
+    for fraction in (0.0, 0.5, 1.0):
+        place(push_env, "cube_joint", start + fraction * (goal - start))
+        rewards.append(task.dense_reward())
+        assert torch.equal(task.success(), torch.full((push_env.num_envs,), fraction == 1.0))
+    assert (rewards[1] > rewards[0]).all() and (rewards[2] > rewards[1]).all()
+    place(push_env, "cube_joint", goal + torch.tensor([0.0, 0.0, 0.05]))  # lifted over the goal
+    assert not task.success().any()
+
+
+def test_push_reset_of_one_env_leaves_the_others_untouched(push_env):
+    assert_reset_of_env_1_only(push_env)
+
+
+def test_push_goal_is_part_of_the_state(push_env):
+    push_env.reset(seed=4)
+    snapshot = push_env.get_state()
+    goal = push_env.task.goal.clone()
+    push_env.reset(seed=5)
+    assert not torch.equal(push_env.task.goal, goal)
+    push_env.set_state(snapshot)
+    assert torch.equal(push_env.task.goal, goal)
+    marker = torch.as_tensor(push_env.mocap_pos[:, push_env.task.goal_mocap, :2], dtype=torch.float32)
+    assert torch.allclose(marker, goal[:, :2])
+
+
+# --------------------------------------------------------------------------------- StackCube
+@pytest.fixture(scope="module")
+def stack_env():
+    env = sims.make("StackCube", num_envs=4, seed=0, terminate_on_success=False)
+    yield env
+    env.close()
+
+
+def test_stack_spawn_keeps_the_cubes_apart():
+    env = sims.make("StackCube", num_envs=64)
+    for seed in range(3):
+        env.reset(seed=seed)
+        a, b = env.task.pos_a(), env.task.pos_b()
+        assert ((a - b)[:, :2].norm(dim=1) >= stack_cube.MIN_DISTANCE - 1e-5).all()
+        for pos in (a, b):
+            assert (pos[:, :2].abs() <= stack_cube.SPAWN + 1e-5).all()
+            assert torch.allclose(pos[:, 2], torch.full((64,), stack_cube.HALF), atol=1e-4)
+        assert not env.task.success().any()
+    env.close()
+
+
+def test_stack_observations_and_reward(stack_env):
+    obs = stack_env.reset(seed=0)
+    assert obs["observation.environment_state"].shape == (4, 20)
+    assert len(stack_env.instructions) >= 4
+    reward = stack_env.task.dense_reward()
+    assert ((reward >= 0) & (reward <= 1)).all()
+
+
+def test_stack_success_and_reward_when_a_rests_on_b(stack_env):
+    stack_env.reset(seed=1)
+    task = stack_env.task
+    before = task.dense_reward()
+    on_b = task.pos_b() + torch.tensor([0.0, 0.0, 2 * stack_cube.HALF])
+    place(stack_env, "cube_a_joint", on_b)
+    assert task.success().all()  # the gripper is far away at its rest pose
+    assert (task.dense_reward() > before).all()
+    hold = torch.zeros(stack_env.num_envs, stack_env.action_dim)
+    for _ in range(5):  # A stays on B under gravity
+        stack_env.step(hold)
+    assert task.on_top().all()
+    place(stack_env, "cube_a_joint", on_b + torch.tensor([0.03, 0.0, 0.0]))  # off centre
+    assert not task.success().any()
+    place(stack_env, "cube_a_joint", on_b)
+    stack_env.qvel[:, task.dof_a] = 0.2  # sliding: not at rest
+    assert not task.success().any()
+
+
+def test_stack_reset_of_one_env_leaves_the_others_untouched(stack_env):
+    assert_reset_of_env_1_only(stack_env)
