@@ -254,3 +254,13 @@ def test_camera_observations_follow_each_env_state():
     assert torch.equal(obs["observation.images.front"][0], obs["observation.images.front"][1])
     assert torch.equal(obs["observation.images.wrist"][0], obs["observation.images.wrist"][1])
     env.close()
+
+
+def test_ee_jacobian_from_step_kinematics_equals_mj_jac():
+    env = sims.make("PickCube", num_envs=3)
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(torch.rand(3, 7) * 2 - 1)
+        jacp, jacr = env.batch.jac(env.hand_body_id, env.tcp_pos_np)
+        expected = np.concatenate((jacp[:, :, :7], jacr[:, :, :7]), axis=1)
+        np.testing.assert_allclose(env.controller.jacobian(), expected, atol=1e-12)

@@ -78,10 +78,23 @@ class EEDeltaController(Controller):
     rot_scale = 0.15
     damping = 0.05
 
-    def arm_deltas(self, action: np.ndarray) -> np.ndarray:
+    def __init__(self, env: MujocoBatchedEnv):
+        super().__init__(env)
+        self.root = env.model.body_rootid[env.hand_body_id]
+
+    def jacobian(self) -> np.ndarray:
+        """(N, 6, 7) TCP Jacobian (linear; angular) of the arm joints, as mj_jac computes it, from
+        the kinematics of the last physics call (no recomputation: every arm dof is an ancestor
+        of the hand)."""
         env = self.env
-        jacp, jacr = env.batch.jac(env.hand_body_id, env.tcp_pos_np)
-        jac = np.concatenate((jacp[:, :, :7], jacr[:, :, :7]), axis=1)  # (N, 6, 7)
+        cdof = env.cdof[:, env.arm_dof_adr]  # (N, 7, 6): angular, linear motion of each dof
+        offset = env.tcp_pos_np - env.subtree_com[:, self.root]  # (N, 3)
+        jacr = cdof[:, :, :3]
+        jacp = cdof[:, :, 3:] + np.cross(jacr, offset[:, None, :])
+        return np.concatenate((jacp, jacr), axis=2).transpose(0, 2, 1)
+
+    def arm_deltas(self, action: np.ndarray) -> np.ndarray:
+        jac = self.jacobian()
         twist = np.concatenate((self.pos_scale * action[:, :3], self.rot_scale * action[:, 3:6]), axis=1)
         jjt = jac @ jac.transpose(0, 2, 1) + (self.damping**2) * np.eye(6)
         dq = jac.transpose(0, 2, 1) @ np.linalg.solve(jjt, twist[:, :, None])

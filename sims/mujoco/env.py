@@ -58,6 +58,7 @@ class MujocoBatchedEnv(BatchedEnv):
         self.qpos, self.qvel, self.ctrl = b.bind("qpos"), b.bind("qvel"), b.bind("ctrl")
         self.mocap_pos, self.mocap_quat = b.bind("mocap_pos"), b.bind("mocap_quat")
         self.xpos, self.xquat, self.site_xpos = b.bind("xpos"), b.bind("xquat"), b.bind("site_xpos")
+        self.cdof, self.subtree_com = b.bind("cdof"), b.bind("subtree_com")  # the ee_delta Jacobian
 
         check_choice("controller", cfg.controller, tuple(CONTROLLERS))
         self.controller = CONTROLLERS[cfg.controller](self)
