@@ -56,14 +56,15 @@ def add_box(
 
 
 def add_goal_marker(
-    spec: mujoco.MjSpec, name: str, radius: float, rgba: tuple[float, float, float, float]
+    spec: mujoco.MjSpec, name: str, radius: float, rgba: tuple[float, float, float, float], flat: bool = False
 ) -> mujoco.MjsBody:
-    """A mocap sphere that shows a goal position; it does not collide. Its pose is state."""
+    """A mocap marker of a goal that does not collide: a sphere, or with `flat` a 1 mm disc
+    lying on the table. Its pose is physics state (mocap_pos), so snapshots carry it."""
     body = spec.worldbody.add_body(name=name, mocap=True)
     body.add_geom(
         name=name,
-        type=mujoco.mjtGeom.mjGEOM_SPHERE,
-        size=[radius, 0, 0],
+        type=mujoco.mjtGeom.mjGEOM_CYLINDER if flat else mujoco.mjtGeom.mjGEOM_SPHERE,
+        size=[radius, 0.0005, 0] if flat else [radius, 0, 0],
         rgba=list(rgba),
         contype=0,
         conaffinity=0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mujoco
 import torch
 
-from sims.mujoco.scene import add_box
+from sims.mujoco.scene import add_box, add_goal_marker
 from sims.rotations import quat_to_yaw
 from sims.tasks.base import ScriptedExpert, Task, register_task
 from sims.tasks.pick_cube import random_yaw_quat
@@ -22,23 +22,6 @@ GOAL_RADIUS = SUCCESS_DISTANCE
 # that slides down the cube's face cannot wedge it into the table (a self-locking jam).
 CUBE_FRICTION = 0.5
 PUSHER_HALF = 0.011  # half thickness of the closed fingers along the push direction
-
-
-def add_goal_disc(
-    spec: mujoco.MjSpec, name: str, radius: float, rgba: tuple[float, float, float, float]
-) -> mujoco.MjsBody:
-    """A flat mocap disc (1 mm thick) that marks a goal region on the table; it does not collide."""
-    body = spec.worldbody.add_body(name=name, mocap=True)
-    body.add_geom(
-        name=name,
-        type=mujoco.mjtGeom.mjGEOM_CYLINDER,
-        size=[radius, 0.0005, 0],
-        rgba=list(rgba),
-        contype=0,
-        conaffinity=0,
-        group=1,
-    )
-    return body
 
 
 @register_task
@@ -60,7 +43,7 @@ class PushCube(Task):
         red = (0.85, 0.15, 0.1, 1.0)
         cube = add_box(spec, "cube", HALF, red, mass=0.05, pos=(0, 0, HALF), friction=CUBE_FRICTION)
         cube.geoms[0].priority = 1  # its friction, not the table's larger one, acts on the table
-        add_goal_disc(spec, "goal", GOAL_RADIUS, (0.1, 0.8, 0.2, 0.6))
+        add_goal_marker(spec, "goal", GOAL_RADIUS, (0.1, 0.8, 0.2, 0.6), flat=True)
 
     def setup(self, env) -> None:
         super().setup(env)
