@@ -15,6 +15,7 @@ CAMERA_HEIGHT = 1.5  # the "wrist" camera looks straight down from this height
 
 XML = f"""
 <mujoco>
+  <visual><quality offsamples="0"/></visual>  <!-- as assets/scenes/tabletop.xml: no MSAA -->
   <worldbody>
     <light name="top" pos="0 0 3" dir="0 0 -1" castshadow="true"/>
     <geom name="floor" type="plane" size="2 2 .1" rgba=".5 .5 .5 1"/>
@@ -31,7 +32,9 @@ CAMERAS = ["front", "wrist"]
 
 def _gl_works(backend: str) -> bool:
     try:
-        TiledRenderer(mujoco.MjModel.from_xml_string(XML), 1, ["front"], RenderConfig(backend=backend)).close()
+        TiledRenderer(
+            mujoco.MjModel.from_xml_string(XML), 1, ["front"], RenderConfig(backend=backend)
+        ).close()
         return True
     except Exception:  # noqa: BLE001 - any GL failure means this backend is unusable here
         return False
@@ -43,10 +46,18 @@ IMPORT_GL = os.environ["MUJOCO_GL"]  # what mujoco.Renderer (NaiveRenderer) uses
 @pytest.fixture(scope="module")
 def model() -> mujoco.MjModel:
     if not _gl_works(os.environ["MUJOCO_GL"]):
-        os.environ["MUJOCO_GL"] = os.environ["PYOPENGL_PLATFORM"] = "osmesa"  # EGL failed: try OSMesa
+        # EGL failed: try OSMesa
+        os.environ["MUJOCO_GL"] = os.environ["PYOPENGL_PLATFORM"] = "osmesa"
         if not _gl_works("osmesa"):
             pytest.skip("no working OpenGL backend (EGL or OSMesa)")
     return mujoco.MjModel.from_xml_string(XML)
+
+
+def assert_same_image(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to rasterization rounding: the same scene drawn at another place of the buffer can
+    differ by one colour level in a few edge pixels (llvmpipe)."""
+    diff = np.abs(a.astype(int) - b)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
 
 
 def _batch(model: mujoco.MjModel, n: int) -> mujoco.batch.Batch:
@@ -63,12 +74,15 @@ def test_shapes_dtypes_and_state(model):
         assert set(out) == {"front", "wrist", "front_depth", "wrist_depth"}
         for cam in CAMERAS:
             assert out[cam].shape == (3, 32, 48, 3) and out[cam].dtype == np.uint8
-            assert out[cam + "_depth"].shape == (3, 32, 48) and out[cam + "_depth"].dtype == np.float32
-            np.testing.assert_array_equal(out[cam][0], out[cam][2])  # equal states, equal images
+            assert (
+                out[cam + "_depth"].shape == (3, 32, 48) and out[cam + "_depth"].dtype == np.float32
+            )
+            assert_same_image(out[cam][0], out[cam][2])  # equal states, equal images
             assert np.abs(out[cam][0].astype(int) - out[cam][1]).sum() > 1000  # the moved box shows
         assert out["front"].std() > 10  # not a blank image
         sub = r.render(batch, np.array([2, 1]))  # a subset, in the given order
-        np.testing.assert_array_equal(sub["wrist"], out["wrist"][[2, 1]])
+        assert sub["wrist"].shape == (2, 32, 48, 3)
+        assert_same_image(sub["wrist"], out["wrist"][[2, 1]])
 
 
 @pytest.mark.parametrize("shadows", [False, True])
@@ -78,14 +92,19 @@ def test_tiled_matches_naive(model, shadows):
     qpos = batch.bind("qpos")
     qpos[:, 0] += np.linspace(-0.08, 0.08, n)
     qpos[:, 1] += np.linspace(0.05, -0.05, n)
-    cfg = RenderConfig(shadows=shadows, shadow_size=256)
+    cfg = RenderConfig(shadows=shadows, shadow_size=256, depth=True)
     if os.environ["MUJOCO_GL"] != IMPORT_GL:
         pytest.skip("mujoco.Renderer is bound to the GL backend that failed")
-    with TiledRenderer(model, n, CAMERAS, cfg) as tiled, NaiveRenderer(model, n, CAMERAS, cfg) as naive:
+    with (
+        TiledRenderer(model, n, CAMERAS, cfg) as tiled,
+        NaiveRenderer(model, n, CAMERAS, cfg) as naive,
+    ):
         a, b = tiled.render(batch), naive.render(batch)
     for cam in CAMERAS:
         diff = np.abs(a[cam].astype(int) - b[cam])
         assert diff.max() <= 2 and diff.mean() < 0.05, (cam, diff.max(), diff.mean())
+        # mujoco.Renderer renders depth in a second pass; without MSAA both sample pixel centres
+        np.testing.assert_allclose(a[cam + "_depth"], b[cam + "_depth"], rtol=1e-4)
 
 
 def test_per_env_geom_rgba(model):
@@ -97,8 +116,8 @@ def test_per_env_geom_rgba(model):
     centre = img[:, 30:34, 30:34].reshape(3, -1, 3).mean(1)  # box "a" fills the image centre
     assert centre[0, 0] - centre[0, 1] > 100  # red (the light's specular whitens it a little)
     assert min(centre[1, 0], centre[1, 1]) - centre[1, 2] > 100  # yellow
-    np.testing.assert_array_equal(img[0], img[2])
-    np.testing.assert_array_equal(img[1, :, :20], img[0, :, :20])  # the rest of env 1 is unchanged
+    assert_same_image(img[0], img[2])
+    assert_same_image(img[1, :, :20], img[0, :, :20])  # the rest of env 1 is unchanged
 
 
 def test_depth_is_metric(model):
@@ -107,7 +126,9 @@ def test_depth_is_metric(model):
         depth = r.render(batch)["wrist_depth"]
     box_top = CAMERA_HEIGHT - 0.2  # box "a" (top at z = 0.2) under the camera
     np.testing.assert_allclose(depth[:, 32, 32], box_top, atol=5e-3)
-    np.testing.assert_allclose(depth[:, 8, 32], CAMERA_HEIGHT, atol=5e-3)  # the floor beside it (y = 0.45)
+    np.testing.assert_allclose(
+        depth[:, 8, 32], CAMERA_HEIGHT, atol=5e-3
+    )  # the floor beside it (y = 0.45)
 
 
 def test_unknown_camera(model):
@@ -121,12 +142,16 @@ def test_multi_pass_and_threads(model):
     batch = _batch(model, n)
     batch.bind("qpos")[:, 0] += np.linspace(-0.1, 0.1, n)
     ref = TiledRenderer(model, n, CAMERAS, RenderConfig(width=32, height=32))
-    small = TiledRenderer(model, n, CAMERAS, RenderConfig(width=32, height=32, max_buffer_size=96, num_threads=2))
+    small = TiledRenderer(
+        model, n, CAMERAS, RenderConfig(width=32, height=32, max_buffer_size=96, num_threads=2)
+    )
     try:
-        assert all(w.cols * w.rows < 6 * len(CAMERAS) for w in small._workers)  # several passes per thread
+        assert all(
+            w.cols * w.rows < 6 * len(CAMERAS) for w in small._workers
+        )  # several passes per thread
         a, b = ref.render(batch), small.render(batch)
         for cam in CAMERAS:
-            np.testing.assert_array_equal(a[cam], b[cam])
+            assert_same_image(a[cam], b[cam])
     finally:
         ref.close()
         small.close()

@@ -14,17 +14,35 @@ geom sizes and poses...) are copied into the scratch `MjModel` before each env i
 field). A batch with caller models (`batch.set_models`) renders each env with its own model; those
 models must share the first model's meshes and textures, which are uploaded to GL once.
 
-Measured here (2 CPU cores, Mesa llvmpipe via EGL, the test scene of tests/test_render.py: plane,
-three boxes, one light, two cameras; 256 envs x 1 camera; images/s):
+Measured on the 2-core dev machine (Mesa 22.3 llvmpipe via EGL; a shared machine, so +-20% noise)
+with the scene of tests/test_render.py (plane, three boxes, one light, offsamples=0 as in
+assets/scenes/tabletop.xml), 256 envs x 1 camera, images/s, renderers interleaved in one process:
 
-    {MEASUREMENTS}
+    size     shadows(512)   TiledRenderer   NaiveRenderer
+    64x64    off            4,500-5,700     2,600
+    64x64    on               650             410
+    128x128  off            1,650-2,800     1,560
+    128x128  on               300             255
 
-Per env, `batch.get_model(sim, model)` costs ~4-5 us and copying one expanded field ~1 us; both
-are negligible next to the ~0.1-1 ms of GL work per tile, so the renderer copies only the
-expanded fields of `RENDER_FIELDS`, which also leaves its own visual settings alone.
+On PickCube's tabletop scene (Panda meshes) "front": 1,010 vs 810 (64, off), 183 vs 106 (64, on),
+845 vs 724 (128, off), 149 vs 125 (128, on). Shadows cost the same in both: the shadow map is
+re-rendered for every image. MSAA (`vis.quality.offsamples`, MuJoCo's default 4) costs 3-5x on
+llvmpipe (64x64, no shadows: ~1,900 tiled); the renderer uses the model's setting. With MSAA the
+depth buffer resolves to one sample per pixel, not the pixel centre (edges shift by up to half a
+pixel against mujoco.Renderer's depth, which renders again without MSAA); without it they agree.
 
-Threads: with `num_threads > 1` each thread owns a GL context, an offscreen buffer, a scratch
-model/data/scene and a contiguous share of the envs. {THREADS}
+Per env, `batch.get_data` costs ~0.5 us, `mj_kinematics` + `mj_camlight` ~1 us, and
+`batch.get_model(sim, model)` only ~4-5 us, all negligible next to the GL work; the renderer still
+copies only the expanded fields of `RENDER_FIELDS`, leaving its own visual settings alone.
+
+Threads (`RenderConfig.num_threads`): each thread owns a GL context, an offscreen buffer, a scratch
+model/data/scene and a contiguous share of the envs. Two threads gave the same throughput as one
+(64x64: 5,665 vs 5,724; 128x128: 2,882 vs 2,817; with shadows 644 vs 650 images/s). A bare
+mjr_render loop, at a time when two processes did run 2x faster than one (3,900 vs 1,900/s), gave
+2,240-2,410/s with two contexts in two threads vs 2,340/s in one, although mjr_render releases the
+GIL (checked): llvmpipe queues the scenes of all contexts of a process to one shared rasterizer
+(`screen->rast` under `rast_mutex`). Hence the default of 1; more threads may pay off with a GPU
+driver; on llvmpipe, separate processes would scale.
 """
 
 from __future__ import annotations
@@ -43,31 +61,36 @@ import numpy as np
 
 # Model fields read by mj_kinematics / mj_camlight / mjv_updateScene / mjr_render that a batch may
 # hold per simulation; the renderer copies those that are expanded into its scratch model per env.
+# fmt: off
 RENDER_FIELDS: tuple[str, ...] = tuple(
     name
     for name in (
-        "body_pos", "body_quat", "body_ipos", "body_iquat", "body_sameframe",
-        "jnt_pos", "jnt_axis",
+        "body_pos", "body_quat", "body_ipos", "body_iquat", "body_sameframe", "jnt_pos", "jnt_axis",
         "geom_pos", "geom_quat", "geom_sameframe", "geom_size", "geom_rbound", "geom_aabb",
         "geom_rgba", "geom_matid", "geom_group", "geom_type", "geom_dataid",
-        "site_pos", "site_quat", "site_sameframe", "site_size", "site_rgba", "site_matid", "site_group", "site_type",
-        "mat_rgba", "mat_emission", "mat_specular", "mat_shininess", "mat_reflectance", "mat_metallic",
-        "mat_roughness", "mat_texid", "mat_texrepeat", "mat_texuniform",
-        "light_pos", "light_dir", "light_pos0", "light_dir0", "light_poscom0", "light_mode", "light_bodyid",
-        "light_targetbodyid", "light_active", "light_type", "light_castshadow", "light_diffuse", "light_ambient",
-        "light_specular", "light_attenuation", "light_cutoff", "light_exponent", "light_intensity",
-        "light_range", "light_bulbradius", "light_texid",
+        "site_pos", "site_quat", "site_sameframe", "site_size", "site_rgba", "site_matid",
+        "site_group", "site_type",
+        "mat_rgba", "mat_emission", "mat_specular", "mat_shininess", "mat_reflectance",
+        "mat_metallic", "mat_roughness", "mat_texid", "mat_texrepeat", "mat_texuniform",
+        "light_pos", "light_dir", "light_pos0", "light_dir0", "light_poscom0", "light_mode",
+        "light_bodyid", "light_targetbodyid", "light_active", "light_type", "light_castshadow",
+        "light_diffuse", "light_ambient", "light_specular", "light_attenuation", "light_cutoff",
+        "light_exponent", "light_intensity", "light_range", "light_bulbradius", "light_texid",
         "cam_pos", "cam_quat", "cam_pos0", "cam_mat0", "cam_poscom0", "cam_mode", "cam_bodyid",
-        "cam_targetbodyid", "cam_fovy", "cam_ipd", "cam_projection", "cam_intrinsic", "cam_sensorsize",
-        "tendon_rgba", "tendon_width", "tendon_matid", "flex_rgba", "flex_matid",
+        "cam_targetbodyid", "cam_fovy", "cam_ipd", "cam_projection", "cam_intrinsic",
+        "cam_sensorsize", "tendon_rgba", "tendon_width", "tendon_matid", "flex_rgba", "flex_matid",
     )
     if name in mujoco.batch.MODEL_FIELDS
 )
+# fmt: on
 MAX_GEOM = 10_000  # mjvScene capacity, as mujoco.Renderer's default
+_CAT_ALL = mujoco.mjtCatBit.mjCAT_ALL
 
 
 @dataclass
 class RenderConfig:
+    """Image size and visual settings of TiledRenderer / NaiveRenderer."""
+
     width: int = 64
     height: int = 64
     shadows: bool = False  # mjRND_SHADOW
@@ -76,7 +99,7 @@ class RenderConfig:
     skybox: bool = False  # mjRND_SKYBOX
     depth: bool = False  # also return metric depth (float32 meters)
     backend: str = "egl"  # MUJOCO_GL value: "egl" or "osmesa" (only if MUJOCO_GL is unset)
-    num_threads: int = 1  # GL contexts rendering disjoint shares of the envs (see module docstring)
+    num_threads: int = 1  # GL contexts (threads), each with a share of the envs; see module doc
     max_buffer_size: int = 2048  # offscreen buffer side limit, pixels; more tiles -> several passes
 
 
@@ -99,7 +122,9 @@ def camera_ids(model: mujoco.MjModel, cameras: Sequence[str]) -> list[int]:
     """Camera ids of `cameras`; ValueError naming the unknown camera and the model's cameras."""
     names = [model.camera(i).name for i in range(model.ncam)]
     if isinstance(cameras, str) or not cameras:
-        raise ValueError(f"cameras must be a non-empty sequence of names from {names}, got {cameras!r}")
+        raise ValueError(
+            f"cameras must be a non-empty sequence of names from {names}, got {cameras!r}"
+        )
     for cam in cameras:
         if cam not in names:
             raise ValueError(f"unknown camera {cam!r}; the model's cameras are {names}")
@@ -124,8 +149,8 @@ def _fixed_camera(cam_id: int) -> mujoco.MjvCamera:
 def linear_depth(raw: np.ndarray, model: mujoco.MjModel, orthographic: bool = False) -> np.ndarray:
     """Metric depth, float32 meters, from depth-buffer values read with mjDEPTH_ZEROFAR.
 
-    The inverse of MuJoCo's reversed-Z projection with znear/zfar = vis.map.znear/zfar * stat.extent,
-    computed as `mujoco.Renderer` does.
+    The inverse of MuJoCo's reversed-Z projection with znear/zfar = vis.map.znear/zfar *
+    stat.extent, computed as `mujoco.Renderer` does.
     """
     near = np.float32(model.vis.map.znear * model.stat.extent)
     far = np.float32(model.vis.map.zfar * model.stat.extent)
@@ -140,20 +165,31 @@ def linear_depth(raw: np.ndarray, model: mujoco.MjModel, orthographic: bool = Fa
 def _shares(n: int, k: int) -> list[slice]:
     """k contiguous slices splitting range(n) as evenly as possible."""
     bounds = np.linspace(0, n, k + 1).round().astype(int)
-    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _untile(buf: np.ndarray, h: int, w: int, nenv: int, ncam: int) -> np.ndarray:
+    """Images (ncam, nenv, h, w, ...) from a read of tiles, (rows * h, cols * w, ...), whose tile t
+    (env t // ncam, camera t % ncam) is column t % cols, row t // cols, drawn bottom-up by GL."""
+    rows, cols, rest = buf.shape[0] // h, buf.shape[1] // w, buf.shape[2:]
+    tiles = buf.reshape(rows, h, cols, w, *rest).swapaxes(1, 2).reshape(rows * cols, h, w, *rest)
+    return tiles[: nenv * ncam, ::-1].reshape(nenv, ncam, h, w, *rest).swapaxes(0, 1)
 
 
 class _Worker:
     """One GL context on its own thread, with its offscreen buffer of `cols x rows` tiles and its
     scratch model, data and scene."""
 
-    def __init__(self, model: mujoco.MjModel, cfg: RenderConfig, cam_ids: list[int], num_tiles: int):
+    def __init__(
+        self, model: mujoco.MjModel, cfg: RenderConfig, cam_ids: list[int], num_tiles: int
+    ):
         self.cfg, self.cam_ids = cfg, cam_ids
         w, h, side = cfg.width, cfg.height, max(cfg.max_buffer_size, cfg.width, cfg.height)
         self.cols = max(1, min(num_tiles, side // w))
         self.rows = max(1, min(math.ceil(num_tiles / self.cols), side // h))
         self.model = copy.copy(model)
-        self.model.vis.global_.offwidth, self.model.vis.global_.offheight = self.cols * w, self.rows * h
+        self.model.vis.global_.offwidth = self.cols * w
+        self.model.vis.global_.offheight = self.rows * h
         self.model.vis.quality.shadowsize = cfg.shadow_size
         self.data = mujoco.MjData(self.model)
         self.scene = _scene(self.model, cfg)
@@ -161,7 +197,8 @@ class _Worker:
         self.cameras = [_fixed_camera(i) for i in cam_ids]
         self.fields = {name: getattr(self.model, name) for name in RENDER_FIELDS}  # writable views
         self.viewports = [
-            mujoco.MjrRect((t % self.cols) * w, (t // self.cols) * h, w, h) for t in range(self.cols * self.rows)
+            mujoco.MjrRect((t % self.cols) * w, (t // self.cols) * h, w, h)
+            for t in range(self.cols * self.rows)
         ]
         self.rgb = np.empty(self.cols * w * self.rows * h * 3, np.uint8)  # flat: reads of any rect
         self.depth = np.empty(self.cols * w * self.rows * h, np.float32) if cfg.depth else None
@@ -180,7 +217,9 @@ class _Worker:
 
         expanded: {field: (nsim, ...) per-env values}; models: batch.models. The batch is called
         (get_data) only under lock."""
-        return self.thread.submit(self._render, batch, env_ids, expanded, models, rgb_out, depth_out, lock)
+        return self.thread.submit(
+            self._render, batch, env_ids, expanded, models, rgb_out, depth_out, lock
+        )
 
     def _render(self, batch, env_ids, expanded, models, rgb_out, depth_out, lock) -> None:
         w, h, ncam = self.cfg.width, self.cfg.height, len(self.cameras)
@@ -201,19 +240,21 @@ class _Worker:
                 mujoco.mj_kinematics(model, self.data)
                 mujoco.mj_camlight(model, self.data)
                 for c, cam in enumerate(self.cameras):
-                    mujoco.mjv_updateScene(model, self.data, self.option, None, cam, mujoco.mjtCatBit.mjCAT_ALL, self.scene)
+                    mujoco.mjv_updateScene(
+                        model, self.data, self.option, None, cam, _CAT_ALL, self.scene
+                    )
                     mujoco.mjr_render(self.viewports[k * ncam + c], self.scene, self.con)
-            # One read of the rect holding this pass's tiles (GL rows run bottom-up).
+            # One read of the rect holding this pass's tiles.
             ntiles = len(chunk) * ncam
             rows, cols = math.ceil(ntiles / self.cols), min(ntiles, self.cols)
             rgb = self.rgb[: rows * h * cols * w * 3].reshape(rows * h, cols * w, 3)
-            depth = None if depth_out is None else self.depth[: rows * h * cols * w].reshape(rows * h, cols * w)
+            depth = None
+            if depth_out is not None:
+                depth = self.depth[: rows * h * cols * w].reshape(rows * h, cols * w)
             mujoco.mjr_readPixels(rgb, depth, mujoco.MjrRect(0, 0, cols * w, rows * h), self.con)
-            tiles = rgb.reshape(rows, h, cols, w, 3).swapaxes(1, 2).reshape(rows * cols, h, w, 3)[:ntiles, ::-1]
-            rgb_out[:, start : start + len(chunk)] = tiles.reshape(len(chunk), ncam, h, w, 3).swapaxes(0, 1)
+            rgb_out[:, start : start + len(chunk)] = _untile(rgb, h, w, len(chunk), ncam)
             if depth is not None:
-                tiles = depth.reshape(rows, h, cols, w).swapaxes(1, 2).reshape(rows * cols, h, w)[:ntiles, ::-1]
-                depth_out[:, start : start + len(chunk)] = tiles.reshape(len(chunk), ncam, h, w).swapaxes(0, 1)
+                depth_out[:, start : start + len(chunk)] = _untile(depth, h, w, len(chunk), ncam)
 
     def close(self) -> None:
         def free():
@@ -234,18 +275,24 @@ class TiledRenderer:
         cfg: image size and visual settings.
     """
 
-    def __init__(self, model: mujoco.MjModel, num_envs: int, cameras: Sequence[str], cfg: RenderConfig):
+    def __init__(
+        self, model: mujoco.MjModel, num_envs: int, cameras: Sequence[str], cfg: RenderConfig
+    ):
         self.cfg, self.num_envs = cfg, num_envs
         self.cameras = tuple(cameras)
         cam_ids = camera_ids(model, self.cameras)
-        self._orthographic = [model.cam_projection[i] == mujoco.mjtProjection.mjPROJ_ORTHOGRAPHIC for i in cam_ids]
+        self._orthographic = [
+            model.cam_projection[i] == mujoco.mjtProjection.mjPROJ_ORTHOGRAPHIC for i in cam_ids
+        ]
         self._model = model
         nthread = max(1, min(cfg.num_threads, num_envs))
         tiles = math.ceil(num_envs / nthread) * len(cam_ids)
         self._workers = [_Worker(model, cfg, cam_ids, tiles) for _ in range(nthread)]
         self._lock = threading.Lock()
 
-    def render(self, batch: mujoco.batch.Batch, env_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def render(
+        self, batch: mujoco.batch.Batch, env_ids: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """Render `env_ids` (default: all of the batch's envs) from their current state.
 
         Returns {camera_name: uint8 (n, H, W, 3)} and, with cfg.depth, {camera_name + "_depth":
@@ -253,17 +300,33 @@ class TiledRenderer:
         """
         if self._workers is None:
             raise RuntimeError("render() after close()")
-        ids = np.arange(batch.nsim) if env_ids is None else np.asarray(env_ids, dtype=np.int64).reshape(-1)
+        ids = (
+            np.arange(batch.nsim)
+            if env_ids is None
+            else np.asarray(env_ids, dtype=np.int64).reshape(-1)
+        )
         if ids.size and (ids.min() < 0 or ids.max() >= batch.nsim):
             raise IndexError(f"env ids must be in [0, {batch.nsim}), got {ids}")
         n, ncam, h, w = len(ids), len(self.cameras), self.cfg.height, self.cfg.width
         rgb = np.empty((ncam, n, h, w, 3), np.uint8)
         raw = np.empty((ncam, n, h, w), np.float32) if self.cfg.depth else None
         models = batch.models  # caller models (set_models), else per-env copies of expanded fields
-        expanded = {} if models is not None else {f: v for f in RENDER_FIELDS if (v := batch.expanded(f)) is not None}
+        expanded = (
+            {}
+            if models is not None
+            else {f: v for f in RENDER_FIELDS if (v := batch.expanded(f)) is not None}
+        )
         futures = [
-            worker.render(batch, ids[s], expanded, models, rgb[:, s], None if raw is None else raw[:, s], self._lock)
-            for worker, s in zip(self._workers, _shares(n, len(self._workers)))
+            worker.render(
+                batch,
+                ids[s],
+                expanded,
+                models,
+                rgb[:, s],
+                None if raw is None else raw[:, s],
+                self._lock,
+            )
+            for worker, s in zip(self._workers, _shares(n, len(self._workers)), strict=True)
             if s.stop > s.start
         ]
         for future in futures:
@@ -293,7 +356,9 @@ class NaiveRenderer:
     `batch.get_model`. Its GL backend is the one MUJOCO_GL chose when mujoco was imported.
     With cfg.depth every camera is rendered a second time, in depth mode."""
 
-    def __init__(self, model: mujoco.MjModel, num_envs: int, cameras: Sequence[str], cfg: RenderConfig):
+    def __init__(
+        self, model: mujoco.MjModel, num_envs: int, cameras: Sequence[str], cfg: RenderConfig
+    ):
         self.cfg, self.num_envs = cfg, num_envs
         self.cameras = tuple(cameras)
         self._cam_ids = camera_ids(model, self.cameras)
@@ -311,20 +376,29 @@ class NaiveRenderer:
             self._renderers.append(r)
         self._data = mujoco.MjData(model)
 
-    def render(self, batch: mujoco.batch.Batch, env_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def render(
+        self, batch: mujoco.batch.Batch, env_ids: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """As TiledRenderer.render; env i is drawn by renderer i % num_envs."""
-        ids = np.arange(batch.nsim) if env_ids is None else np.asarray(env_ids, dtype=np.int64).reshape(-1)
+        ids = (
+            np.arange(batch.nsim)
+            if env_ids is None
+            else np.asarray(env_ids, dtype=np.int64).reshape(-1)
+        )
         n, h, w = len(ids), self.cfg.height, self.cfg.width
         out = {name: np.empty((n, h, w, 3), np.uint8) for name in self.cameras}
         if self.cfg.depth:
             out.update({name + "_depth": np.empty((n, h, w), np.float32) for name in self.cameras})
         for k, env in enumerate(ids):
-            renderer, model = self._renderers[env % self.num_envs], self._models[env % self.num_envs]
+            renderer, model = (
+                self._renderers[env % self.num_envs],
+                self._models[env % self.num_envs],
+            )
             batch.get_model(int(env), model)
             batch.get_data(int(env), self._data)
             mujoco.mj_kinematics(model, self._data)
             mujoco.mj_camlight(model, self._data)
-            for name, cam in zip(self.cameras, self._cam_ids):
+            for name, cam in zip(self.cameras, self._cam_ids, strict=True):
                 renderer.update_scene(self._data, camera=cam)
                 renderer.render(out=out[name][k])
                 if self.cfg.depth:
