@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from policies.base import Policy, PolicyConfig, PolicyOutput, register_policy
-from policies.mlp import flat_observation, mlp
+from policies.base import PolicyConfig, register_policy
+from policies.mlp import GaussianActorCritic, flat_observation, mlp
 from policies.normalizer import RunningNormalizer
 
 
@@ -55,7 +55,7 @@ class ImageEncoder(nn.Module):
 
 
 @register_policy
-class CNNPolicy(Policy):
+class CNNPolicy(GaussianActorCritic):
     kind = "cnn"
     config_class = CNNPolicyConfig
 
@@ -92,22 +92,3 @@ class CNNPolicy(Policy):
     def observe(self, obs: dict[str, Any]) -> None:
         if self.normalizer is not None:
             self.normalizer.update(flat_observation(obs, self.config.state_keys))
-
-    def distribution(self, x: torch.Tensor) -> torch.distributions.Normal:
-        return torch.distributions.Normal(self.actor(x), self.log_std.exp().expand(x.shape[0], -1))
-
-    def value(self, obs: dict[str, Any]) -> torch.Tensor:
-        return self.critic(self.features(obs))[:, 0]
-
-    def act(self, obs: dict[str, Any], deterministic: bool = False) -> PolicyOutput:
-        x = self.features(obs)
-        dist = self.distribution(x)
-        flat = dist.mean if deterministic else dist.sample()
-        action = flat.view(x.shape[0], self.config.chunk_size, self.config.action_dim)
-        return PolicyOutput(action=action, log_prob=dist.log_prob(flat).sum(-1), value=self.critic(x)[:, 0])
-
-    def evaluate(self, obs, actions, extras):
-        x = self.features(obs)
-        dist = self.distribution(x)
-        flat = actions.reshape(x.shape[0], -1)
-        return dist.log_prob(flat).sum(-1), dist.entropy().sum(-1), self.critic(x)[:, 0]

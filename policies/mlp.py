@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from typing import Any
@@ -50,10 +51,43 @@ def flat_observation(obs: dict[str, Any], keys: tuple[str, ...]) -> torch.Tensor
     return torch.cat([obs[k].float().flatten(1) for k in keys], dim=1)
 
 
+class GaussianActorCritic(Policy):
+    """A diagonal Gaussian over a chunk of T actions (state-independent log std) from `actor`,
+    a value from `critic`, both on `features(obs)`. Samples are not squashed: the env clips
+    them to [-1, 1]. Subclasses build `actor`, `critic`, `log_std` and define `features`."""
+
+    actor: nn.Module
+    critic: nn.Module
+    log_std: nn.Parameter
+
+    @abc.abstractmethod
+    def features(self, obs: dict[str, Any]) -> torch.Tensor:
+        """(N, F) features of an observation batch, the input of actor and critic."""
+
+    def distribution(self, x: torch.Tensor) -> torch.distributions.Normal:
+        return torch.distributions.Normal(self.actor(x), self.log_std.exp().expand(x.shape[0], -1))
+
+    def value(self, obs: dict[str, Any]) -> torch.Tensor:
+        return self.critic(self.features(obs))[:, 0]
+
+    def act(self, obs: dict[str, Any], deterministic: bool = False) -> PolicyOutput:
+        x = self.features(obs)
+        dist = self.distribution(x)
+        flat = dist.mean if deterministic else dist.sample()
+        log_prob = dist.log_prob(flat).sum(-1)
+        action = flat.view(x.shape[0], self.config.chunk_size, self.config.action_dim)
+        return PolicyOutput(action=action, log_prob=log_prob, value=self.critic(x)[:, 0])
+
+    def evaluate(self, obs, actions, extras):
+        x = self.features(obs)
+        dist = self.distribution(x)
+        flat = actions.reshape(x.shape[0], -1)
+        return dist.log_prob(flat).sum(-1), dist.entropy().sum(-1), self.critic(x)[:, 0]
+
+
 @register_policy
-class MLPPolicy(Policy):
-    """Separate actor and critic MLPs; a diagonal Gaussian over a chunk of T actions with a
-    state-independent log std. Samples are not squashed: the env clips to [-1, 1]."""
+class MLPPolicy(GaussianActorCritic):
+    """Separate actor and critic MLPs on the normalised, concatenated state features."""
 
     kind = "mlp"
     config_class = MLPPolicyConfig
@@ -80,23 +114,3 @@ class MLPPolicy(Policy):
     def observe(self, obs: dict[str, Any]) -> None:
         if isinstance(self.normalizer, RunningNormalizer):
             self.normalizer.update(flat_observation(obs, self.config.obs_keys))
-
-    def distribution(self, x: torch.Tensor) -> torch.distributions.Normal:
-        return torch.distributions.Normal(self.actor(x), self.log_std.exp().expand(x.shape[0], -1))
-
-    def value(self, obs: dict[str, Any]) -> torch.Tensor:
-        return self.critic(self.features(obs))[:, 0]
-
-    def act(self, obs: dict[str, Any], deterministic: bool = False) -> PolicyOutput:
-        x = self.features(obs)
-        dist = self.distribution(x)
-        flat = dist.mean if deterministic else dist.sample()
-        log_prob = dist.log_prob(flat).sum(-1)
-        action = flat.view(x.shape[0], self.config.chunk_size, self.config.action_dim)
-        return PolicyOutput(action=action, log_prob=log_prob, value=self.critic(x)[:, 0])
-
-    def evaluate(self, obs, actions, extras):
-        x = self.features(obs)
-        dist = self.distribution(x)
-        flat = actions.reshape(x.shape[0], -1)
-        return dist.log_prob(flat).sum(-1), dist.entropy().sum(-1), self.critic(x)[:, 0]
