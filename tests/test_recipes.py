@@ -3,7 +3,7 @@
 import pytest
 
 from embodied.config import load_config
-from embodied.runner.trainer import Trainer, TrainConfig
+from embodied.runner.trainer import TrainConfig, Trainer
 
 QUIET = ["log.tensorboard=false", "log.progress_bar=false", "log.final_video=false", "checkpoint.every=0", "eval.every=0"]
 
