@@ -81,16 +81,30 @@ class Policy(nn.Module, abc.ABC):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """log_prob (N,), entropy (N,), value (N,) or None of `actions` (N, T, A) at `obs`."""
 
+    def supervised_loss(self, obs: dict[str, Any], actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Behaviour-cloning loss of demonstrated `actions` (N, T, A) at `obs` and its metrics
+        (token cross-entropy for the AR VLA, flow matching for the flow VLA, ...)."""
+        raise NotImplementedError(f"{type(self).__name__} has no supervised (SFT/BC) loss.")
+
     def observe(self, obs: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Update running statistics (observation normalisation) with a rollout batch."""
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` to `directory`."""
+        """Write ``config.json`` and ``model.safetensors`` (and `save_files`' extras) to `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"kind": self.kind, **dataclasses.asdict(self.config)}
         (directory / "config.json").write_text(json.dumps(config, indent=2))
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, directory / "model.safetensors")
+        self.save_files(directory)
+
+    def save_files(self, directory: Path) -> None:  # noqa: B027 - optional hook
+        """Write files besides the weights (a VLA's tokenizer)."""
+
+    @classmethod
+    def build_for_folder(cls, config: Any, directory: Path) -> Policy:
+        """The policy that `directory`'s weights load into; a VLA reads its tokenizer here."""
+        return cls(config)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> Policy:
@@ -106,8 +120,11 @@ class Policy(nn.Module, abc.ABC):
         policy_cls = POLICIES[kind]
         from embodied.config import from_dict
 
-        policy = policy_cls(from_dict(policy_cls.config_class, raw))
-        state = load_file(directory / "model.safetensors")
+        policy = policy_cls.build_for_folder(from_dict(policy_cls.config_class, raw), directory)
+        weights = directory / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"No model.safetensors in {str(directory)!r}: the policy's weights are missing.")
+        state = load_file(weights)
         missing, unexpected = policy.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(

@@ -1,0 +1,237 @@
+"""The vision-language prefix both VLA families share: a SigLIP vision tower, a projector, and
+a causal LM (Llama or Qwen2 architecture) from `transformers`, sized by config.
+
+A prefix of N envs is the token sequence
+
+    [pad ... pad | instruction tokens | image patches per camera | state token]
+
+with the instruction left-padded to `max_text_tokens`, so every env's prefix has the same
+length P and ends at the same position: whatever follows (action tokens, an action expert's
+suffix) is aligned across the batch, with static shapes. `attention_mask` is 0 on the pads
+and `position_ids` count only real tokens.
+
+The language tokenizer is a byte-level BPE trained here on the task instructions (nothing is
+fetched from a hub) and saved next to the weights as `tokenizer.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+TOKENIZER_FILE = "tokenizer.json"
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
+
+
+@dataclasses.dataclass
+class VLMConfig:
+    """Sizes of the vision tower and the language model. The defaults make a CPU-sized model
+    (~0.3M parameters); real sizes are a matter of config (e.g. SigLIP-so400m + Qwen2-0.5B)."""
+
+    cameras: tuple[str, ...] = ("front",)
+    image_size: tuple[int, int] = (64, 64)  # H, W
+    patch_size: int = 8
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 2
+    vision_intermediate: int = 128
+    lm_arch: Literal["llama", "qwen2"] = "llama"
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 128
+    text_vocab_size: int = 512  # BPE vocabulary trained on the instructions (incl. 256 bytes)
+    max_text_tokens: int = 16
+    rope_theta: float = 10000.0
+
+
+def task_instructions() -> list[str]:
+    """Every phrasing of every registered task's instruction: the tokenizer's training text."""
+    from sims.tasks import TASKS
+
+    return [text for name in sorted(TASKS) for text in TASKS[name].instructions]
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `texts` (deterministic for the same texts): any
+    string encodes, unseen words fall back to bytes."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    return wrap_tokenizer(tokenizer)
+
+
+def wrap_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    pad, bos, eos = SPECIAL_TOKENS
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token=pad, bos_token=bos, eos_token=eos, padding_side="left"
+    )
+
+
+def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
+    path = Path(directory) / TOKENIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: a VLA folder holds its tokenizer next to its weights.")
+    return wrap_tokenizer(Tokenizer.from_file(str(path)))
+
+
+def language_model_config(cfg: VLMConfig, vocab_size: int) -> PretrainedConfig:
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.intermediate,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
+    if cfg.lm_arch == "llama":
+        return LlamaConfig(**common, rope_theta=cfg.rope_theta)
+    if cfg.lm_arch == "qwen2":
+        return Qwen2Config(**common, rope_theta=cfg.rope_theta)
+    raise ValueError(f"Unknown lm_arch {cfg.lm_arch!r}; valid: llama, qwen2.")
+
+
+@dataclasses.dataclass
+class Prefix:
+    """A batch of prefixes: embeddings (N, P, H), attention_mask (N, P), position_ids (N, P)."""
+
+    embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.embeds.shape[1]
+
+
+class VisionLanguagePrefix(nn.Module):
+    """Images + instruction (+ proprioceptive state) -> LM input embeddings.
+
+    `extra_tokens` ids are appended after the text vocabulary (the AR VLA's 256 action bins
+    take the last 256 ids, as OpenVLA's do). `language_model` is a `*ForCausalLM`; the flow VLA
+    uses only its `.model` and its per-layer key/value cache.
+    """
+
+    def __init__(
+        self,
+        cfg: VLMConfig,
+        state_dim: int = 0,
+        extra_tokens: int = 0,
+        tokenizer: PreTrainedTokenizerFast | None = None,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer or train_tokenizer(task_instructions(), cfg.text_vocab_size)
+        self.text_vocab_size = len(self.tokenizer)
+        self.vocab_size = self.text_vocab_size + extra_tokens
+        height, width = cfg.image_size
+        if height != width:
+            raise ValueError(f"image_size must be square for the SigLIP tower; got {cfg.image_size}.")
+        if height % cfg.patch_size:
+            raise ValueError(f"image_size {height} is not a multiple of patch_size {cfg.patch_size}.")
+        self.vision = SiglipVisionModel(
+            SiglipVisionConfig(
+                hidden_size=cfg.vision_hidden,
+                intermediate_size=cfg.vision_intermediate,
+                num_hidden_layers=cfg.vision_layers,
+                num_attention_heads=cfg.vision_heads,
+                image_size=height,
+                patch_size=cfg.patch_size,
+                vision_use_head=False,
+            )
+        )
+        self.projector = nn.Sequential(
+            nn.Linear(cfg.vision_hidden, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.hidden)
+        )
+        self.language_model: PreTrainedModel = AutoModelForCausalLM.from_config(language_model_config(cfg, self.vocab_size))
+        self.state_proj = nn.Linear(state_dim, cfg.hidden) if state_dim else None
+        self.num_patches = (height // cfg.patch_size) ** 2
+
+    @property
+    def length(self) -> int:
+        """P: the prefix length, the same for every env."""
+        return self.cfg.max_text_tokens + self.num_patches * len(self.cfg.cameras) + int(self.state_proj is not None)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cfg.hidden
+
+    def tokenize(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded (N, max_text_tokens) token ids and attention mask."""
+        if not isinstance(instructions, (list, tuple)) or not all(isinstance(t, str) for t in instructions):
+            raise TypeError(f"obs['task'] must be a list of instruction strings; got {type(instructions).__name__}.")
+        batch = self.tokenizer(
+            list(instructions), padding="max_length", truncation=True, max_length=self.cfg.max_text_tokens,
+            return_tensors="pt",
+        )
+        return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+    def images(self, obs: dict[str, Any]) -> list[torch.Tensor]:
+        """Each camera's uint8 (N, H, W, 3) image, checked against the config."""
+        images = []
+        for camera in self.cfg.cameras:
+            key = f"observation.images.{camera}"
+            if key not in obs:
+                raise KeyError(f"Observation lacks {key!r}: make the env with obs_mode='rgb' and camera {camera!r}.")
+            image = obs[key]
+            if image.ndim != 4 or image.shape[-1] != 3 or tuple(image.shape[1:3]) != tuple(self.cfg.image_size):
+                raise ValueError(
+                    f"{key} has shape {tuple(image.shape)}; this VLA expects (N, {self.cfg.image_size[0]}, "
+                    f"{self.cfg.image_size[1]}, 3) uint8."
+                )
+            images.append(image)
+        return images
+
+    def embed_images(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> (N, patches, hidden), SigLIP's [-1, 1] pixel scaling."""
+        pixels = image.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return self.projector(self.vision(pixel_values=pixels).last_hidden_state)
+
+    def forward(self, obs: dict[str, Any], state: torch.Tensor | None = None) -> Prefix:
+        """The prefix of a batch of observations; `state` (N, state_dim) is the already
+        normalised proprioceptive vector when the prefix has a state token."""
+        images = self.images(obs)
+        n = images[0].shape[0]
+        device = images[0].device
+        ids, text_mask = self.tokenize(obs["task"], device)
+        if ids.shape[0] != n:
+            raise ValueError(f"{ids.shape[0]} instructions for {n} images.")
+        parts = [self.language_model.get_input_embeddings()(ids)]
+        parts += [self.embed_images(image) for image in images]
+        if self.state_proj is not None:
+            if state is None:
+                raise ValueError("This prefix has a state token: pass the normalised state.")
+            parts.append(self.state_proj(state)[:, None])
+        embeds = torch.cat(parts, dim=1)
+        mask = torch.cat((text_mask, torch.ones(n, embeds.shape[1] - text_mask.shape[1], dtype=text_mask.dtype, device=device)), dim=1)
+        position_ids = (mask.cumsum(dim=1) - 1).clamp_min(0)
+        return Prefix(embeds, mask, position_ids)
+
+    def save_tokenizer(self, directory: str | Path) -> None:
+        self.tokenizer.backend_tokenizer.save(str(Path(directory) / TOKENIZER_FILE))
