@@ -133,3 +133,56 @@ class ScriptedExpert(abc.ABC):
         """The grasp yaw nearest the current TCP yaw among an object's symmetric yaws."""
         delta = wrap_angle((object_yaw - tcp_yaw) * (2 * torch.pi / symmetry)) * (symmetry / (2 * torch.pi))
         return tcp_yaw + delta
+
+
+class CubeGraspExpert(ScriptedExpert):
+    """An expert whose first three phases pick up a cube: ABOVE (hover 8 cm over it, yaw
+    aligned, until settled) -> DESCEND (gently, no overshoot) -> CLOSE (on the spot where the
+    cube was). Subclasses number their own phases from LIFT = 3 on and call `plan_grasp`."""
+
+    ABOVE, DESCEND, CLOSE, LIFT = range(4)
+    GRASP_HOVER = 0.08  # metres above the cube in ABOVE
+    DESCENT_STEP = 0.015  # most metres per step on the way down to the cube
+    GRASP_EARLY = 0.008  # close this far above the cube centre: the hand still sinks a bit
+    CLOSE_STEPS = 6  # control steps to close the fingers
+
+    def __init__(self, env: MujocoBatchedEnv):
+        super().__init__(env)
+        self.prev_tcp = env.tcp_pos.clone()
+        self.grasp_xy = torch.zeros(env.num_envs, 2, device=env.device)
+
+    def tcp_speed(self) -> torch.Tensor:
+        """(N,) metres the TCP moved since the last call."""
+        speed = (self.env.tcp_pos - self.prev_tcp).norm(dim=1)
+        self.prev_tcp = self.env.tcp_pos.clone()
+        return speed
+
+    def plan_grasp(
+        self, cube: torch.Tensor, half: float, speed: torch.Tensor, target: torch.Tensor, gripper: torch.Tensor
+    ) -> None:
+        """Fill `target` (N, 3) and `gripper` (N,) for the envs in the grasp phases and advance
+        them; `cube` (N, 3) is the cube's centre, `half` its half size."""
+        tcp, phase = self.env.tcp_pos, self.phase
+        err = cube - tcp
+        xy_err = err[:, :2].norm(dim=1)
+
+        above = phase == self.ABOVE
+        target[above] = cube[above]
+        target[above, 2] = cube[above, 2] + self.GRASP_HOVER
+        settled = (xy_err < 0.006) & ((err[:, 2] + self.GRASP_HOVER).abs() < 0.02) & (speed < 0.005)
+        self.advance(above & settled, self.DESCEND)
+
+        descend = phase == self.DESCEND
+        target[descend, :2] = tcp[descend, :2] + 0.5 * err[descend, :2]  # gently: no overshoot
+        drop = (0.5 * (tcp[descend, 2] - cube[descend, 2])).clamp(max=self.DESCENT_STEP)
+        target[descend, 2] = tcp[descend, 2] - drop
+        reached = (xy_err < 0.004) & (err[:, 2] > -self.GRASP_EARLY) & (speed < 0.006)
+        to_close = descend & (reached | (self.phase_steps > 25))
+        self.grasp_xy = torch.where(to_close[:, None], cube[:, :2], self.grasp_xy)
+        self.advance(to_close, self.CLOSE)
+
+        close = phase == self.CLOSE
+        target[close, :2] = self.grasp_xy[close]  # fixed: a pushed cube must not drag the hand
+        target[close, 2] = half
+        gripper[close] = -1.0
+        self.advance(close & (self.phase_steps >= self.CLOSE_STEPS), self.LIFT)

@@ -7,7 +7,7 @@ import torch
 
 from sims.mujoco.scene import add_box
 from sims.rotations import quat_conj, quat_rotate, quat_to_yaw, yaw_to_quat
-from sims.tasks.base import ScriptedExpert, Task, register_task
+from sims.tasks.base import CubeGraspExpert, ScriptedExpert, Task, register_task
 from sims.tasks.pick_cube import cube_grasped, random_yaw_quat
 
 HALF = 0.02  # cube half size, metres
@@ -148,7 +148,7 @@ class PlaceInBin(Task):
         return PlaceInBinExpert(self.env)
 
 
-class PlaceInBinExpert(ScriptedExpert):
+class PlaceInBinExpert(CubeGraspExpert):
     """Above the cube -> down -> close -> lift over the walls -> above the bin centre ->
     lower a bit -> open -> retreat. A cube lost on the way sends the env back to the start.
 
@@ -158,52 +158,23 @@ class PlaceInBinExpert(ScriptedExpert):
     ABOVE, DESCEND, CLOSE, LIFT, CARRY, LOWER, OPEN, RETREAT = range(8)
     CARRY_HEIGHT = 0.13  # TCP height while carrying: the cube bottom 6 cm above the walls
     RELEASE_HEIGHT = WALL_HEIGHT + HALF + 0.018  # cube centre height at release: 1.8 cm over the walls
-    DESCENT_STEP = 0.015  # most metres per step on the way down to the cube
     LIFT_STEP = 0.015  # most metres per step on the way up
     CARRY_RAMP = 0.003  # speed-up per step while carrying
     CARRY_STEP = 0.015  # most metres per step while carrying: faster shakes the cube loose
-    GRASP_EARLY = 0.008  # close this far above the cube centre: the hand still sinks a bit
-
-    def __init__(self, env):
-        super().__init__(env)
-        self.prev_tcp = env.tcp_pos.clone()
-        self.grasp_xy = torch.zeros(env.num_envs, 2, device=env.device)
 
     def plan(self):
         env = self.env
         task: PlaceInBin = env.task
         n = env.num_envs
         cube, bin_pos, tcp = task.cube_pos(), task.bin_pos(), env.tcp_pos
-        speed = (tcp - self.prev_tcp).norm(dim=1)  # metres per step
-        self.prev_tcp = tcp.clone()
+        speed = self.tcp_speed()
         tcp_yaw = quat_to_yaw(env.tcp_quat)
         yaw = self.grasp_yaw(quat_to_yaw(env.body_quat(task.cube)), tcp_yaw)
         target = cube.clone()
         gripper = torch.ones(n, device=env.device)
         phase = self.phase
-        err = cube - tcp
-        xy_err = err[:, :2].norm(dim=1)
-        lost = (err.norm(dim=1) > 0.05) | (env.gripper_width < 2 * HALF - 0.01)
-
-        above = phase == self.ABOVE
-        target[above, 2] = cube[above, 2] + 0.08
-        settled = (xy_err < 0.006) & ((err[:, 2] + 0.08).abs() < 0.02) & (speed < 0.005)
-        self.advance(above & settled, self.DESCEND)
-
-        descend = phase == self.DESCEND
-        target[descend, :2] = tcp[descend, :2] + 0.5 * err[descend, :2]  # gently: no overshoot
-        drop = (0.5 * (tcp[descend, 2] - cube[descend, 2])).clamp(max=self.DESCENT_STEP)
-        target[descend, 2] = tcp[descend, 2] - drop
-        reached = (xy_err < 0.004) & (err[:, 2] > -self.GRASP_EARLY)
-        to_close = descend & (reached | (self.phase_steps > 25))
-        self.grasp_xy = torch.where(to_close[:, None], cube[:, :2], self.grasp_xy)
-        self.advance(to_close, self.CLOSE)
-
-        close = phase == self.CLOSE
-        target[close, :2] = self.grasp_xy[close]  # fixed: a pushed cube must not drag the hand
-        target[close, 2] = HALF
-        gripper[close] = -1.0
-        self.advance(close & (self.phase_steps >= 6), self.LIFT)
+        lost = ((cube - tcp).norm(dim=1) > 0.05) | (env.gripper_width < 2 * HALF - 0.01)
+        self.plan_grasp(cube, HALF, speed, target, gripper)
 
         lift = phase == self.LIFT
         target[lift, :2] = tcp[lift, :2]

@@ -7,7 +7,7 @@ import torch
 
 from sims.mujoco.scene import add_box
 from sims.rotations import quat_to_yaw, wrap_angle
-from sims.tasks.base import ScriptedExpert, Task, register_task
+from sims.tasks.base import CubeGraspExpert, ScriptedExpert, Task, register_task
 from sims.tasks.pick_cube import cube_grasped, random_yaw_quat
 
 HALF = 0.02  # half size of both cubes, metres
@@ -118,7 +118,7 @@ class StackCube(Task):
         return StackCubeExpert(self.env)
 
 
-class StackCubeExpert(ScriptedExpert):
+class StackCubeExpert(CubeGraspExpert):
     """Above A -> down -> close -> lift -> carry A above B -> lower A onto B -> open -> retreat.
     A cube lost on the way sends the env back to the start.
 
@@ -130,7 +130,6 @@ class StackCubeExpert(ScriptedExpert):
     OPEN_COMMAND = 0.5  # gripper command: 6 cm between the fingers
     CARRY_HEIGHT = 0.1  # A's centre height while carrying: its bottom 4 cm above B's top
     RELEASE_GAP = 0.004  # release A this far above B's top
-    DESCENT_STEP = 0.015  # most metres per step on the way down to A
     LIFT_STEP = 0.015  # most metres per step on the way up
     CARRY_RAMP = 0.003  # speed-up per step while carrying
     CARRY_STEP = 0.015  # most metres per step while carrying
@@ -138,12 +137,6 @@ class StackCubeExpert(ScriptedExpert):
     HOVER = 0.02  # centre A this far above its release height
     CENTRED = 0.006  # A's centre this close to B's in xy before it goes down onto B
     RETREAT_HEIGHT = 0.15  # TCP height after letting go
-    GRASP_EARLY = 0.008  # close this far above A's centre: the hand still sinks a bit
-
-    def __init__(self, env):
-        super().__init__(env)
-        self.prev_tcp = env.tcp_pos.clone()
-        self.grasp_xy = torch.zeros(env.num_envs, 2, device=env.device)
 
     def grasp_yaw_away_from(
         self, cube_yaw: torch.Tensor, tcp_yaw: torch.Tensor, away: torch.Tensor
@@ -161,8 +154,7 @@ class StackCubeExpert(ScriptedExpert):
         task: StackCube = env.task
         n = env.num_envs
         a, b, tcp = task.pos_a(), task.pos_b(), env.tcp_pos
-        speed = (tcp - self.prev_tcp).norm(dim=1)  # metres per step
-        self.prev_tcp = tcp.clone()
+        speed = self.tcp_speed()
         tcp_yaw = quat_to_yaw(env.tcp_quat)
         a_to_b = (b - a)[:, :2]
         away = a_to_b / a_to_b.norm(dim=1, keepdim=True).clamp_min(1e-6)
@@ -170,29 +162,8 @@ class StackCubeExpert(ScriptedExpert):
         target = a.clone()
         gripper = torch.full((n,), self.OPEN_COMMAND, device=env.device)
         phase = self.phase
-        err = a - tcp
-        xy_err = err[:, :2].norm(dim=1)
-        lost = (err.norm(dim=1) > 0.05) | (env.gripper_width < 2 * HALF - 0.01)
-
-        above = phase == self.ABOVE
-        target[above, 2] = a[above, 2] + 0.08
-        settled = (xy_err < 0.006) & ((err[:, 2] + 0.08).abs() < 0.02) & (speed < 0.005)
-        self.advance(above & settled, self.DESCEND)
-
-        descend = phase == self.DESCEND
-        target[descend, :2] = tcp[descend, :2] + 0.5 * err[descend, :2]  # gently: no overshoot
-        drop = (0.5 * (tcp[descend, 2] - a[descend, 2])).clamp(max=self.DESCENT_STEP)
-        target[descend, 2] = tcp[descend, 2] - drop
-        reached = (xy_err < 0.004) & (err[:, 2] > -self.GRASP_EARLY) & (speed < 0.006)
-        to_close = descend & (reached | (self.phase_steps > 25))
-        self.grasp_xy = torch.where(to_close[:, None], a[:, :2], self.grasp_xy)
-        self.advance(to_close, self.CLOSE)
-
-        close = phase == self.CLOSE
-        target[close, :2] = self.grasp_xy[close]  # fixed: a pushed cube must not drag the hand
-        target[close, 2] = HALF
-        gripper[close] = -1.0
-        self.advance(close & (self.phase_steps >= 6), self.LIFT)
+        lost = ((a - tcp).norm(dim=1) > 0.05) | (env.gripper_width < 2 * HALF - 0.01)
+        self.plan_grasp(a, HALF, speed, target, gripper)
 
         lift = phase == self.LIFT
         target[lift, :2] = tcp[lift, :2]
