@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from policies import cnn, mlp  # noqa: F401  (registration)
+from policies import vla  # noqa: F401  (registration of the VLAs)
 from policies.base import POLICIES, Policy, PolicyOutput, register_policy
 from policies.cnn import CNNPolicyConfig
 from policies.mlp import MLPPolicyConfig, flat_observation
@@ -17,6 +18,8 @@ def make_policy(config: Any, obs: dict[str, Any], action_dim: int) -> Policy:
     if kind not in POLICIES:
         raise ValueError(f"Unknown policy kind {kind!r}; valid: {', '.join(POLICIES)}.")
     updates: dict[str, Any] = {}
+    if getattr(config, "action_dim", 0) not in (0, action_dim):
+        raise ValueError(f"policy.action_dim is {config.action_dim}, but the env's actions have {action_dim} dimensions.")
     if getattr(config, "action_dim", None) == 0:
         updates["action_dim"] = action_dim
     if getattr(config, "obs_dim", None) == 0:
