@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from policies import cnn, mlp  # noqa: F401  (registration)
-from policies import vla  # noqa: F401  (registration of the VLAs)
+from policies import cnn, mlp, vla  # noqa: F401  (registration)
 from policies.base import POLICIES, Policy, PolicyOutput, register_policy
 from policies.cnn import CNNPolicyConfig
 from policies.mlp import MLPPolicyConfig, flat_observation
@@ -19,7 +18,7 @@ def make_policy(config: Any, obs: dict[str, Any], action_dim: int) -> Policy:
         raise ValueError(f"Unknown policy kind {kind!r}; valid: {', '.join(POLICIES)}.")
     updates: dict[str, Any] = {}
     if getattr(config, "action_dim", 0) not in (0, action_dim):
-        raise ValueError(f"policy.action_dim is {config.action_dim}, but the env's actions have {action_dim} dimensions.")
+        raise ValueError(f"policy.action_dim is {config.action_dim}, but the env has {action_dim} action dimensions.")
     if getattr(config, "action_dim", None) == 0:
         updates["action_dim"] = action_dim
     if getattr(config, "obs_dim", None) == 0:

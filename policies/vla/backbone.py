@@ -59,6 +59,10 @@ class VLMConfig:
     text_vocab_size: int = 512  # BPE vocabulary trained on the instructions (incl. 256 bytes)
     max_text_tokens: int = 16
     rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6  # Llama-2 / Vicuna checkpoints use 1e-5
+    # -1: the tower's last_hidden_state (after its final LayerNorm); -k: hidden_states[-k],
+    # before that norm (Prismatic/OpenVLA take the second-to-last block's output: -2).
+    vision_feature_layer: int = -1
 
 
 def task_instructions() -> list[str]:
@@ -108,6 +112,7 @@ def language_model_config(cfg: VLMConfig, vocab_size: int) -> PretrainedConfig:
         num_key_value_heads=cfg.kv_heads,
         max_position_embeddings=1024,
         tie_word_embeddings=False,
+        rms_norm_eps=cfg.rms_norm_eps,
         attn_implementation="sdpa",
     )
     if cfg.lm_arch == "llama":
@@ -211,7 +216,11 @@ class VisionLanguagePrefix(nn.Module):
     def embed_images(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) -> (N, patches, hidden), SigLIP's [-1, 1] pixel scaling."""
         pixels = image.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        return self.projector(self.vision(pixel_values=pixels).last_hidden_state)
+        if self.cfg.vision_feature_layer == -1:
+            features = self.vision(pixel_values=pixels).last_hidden_state
+        else:
+            features = self.vision(pixel_values=pixels, output_hidden_states=True).hidden_states[self.cfg.vision_feature_layer]
+        return self.projector(features)
 
     def forward(self, obs: dict[str, Any], state: torch.Tensor | None = None) -> Prefix:
         """The prefix of a batch of observations; `state` (N, state_dim) is the already
