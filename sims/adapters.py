@@ -10,6 +10,8 @@ and names, never re-implements physics, rewards or resets.
   builds a `GymVectorEnv` directly (no subprocesses).
 - `RslRlVecEnv`: rsl_rl's ``VecEnv`` (``OnPolicyRunner`` ready), torch tensors and TensorDict
   observation groups.
+- `SB3VecEnv`: stable-baselines3's ``VecEnv`` over a `GymVectorEnv`, flat float32 state
+  observations (``MlpPolicy`` ready), SB3's ``terminal_observation`` / ``TimeLimit.truncated`` infos.
 
 Observations keep LeRobot's feature names as keys: ``observation.state`` float32 (D_state,),
 ``observation.environment_state`` float32 (D_env,), and in rgb modes ``observation.images.<camera>``
@@ -20,6 +22,7 @@ language instruction (``task``) is not an array; it is in ``info["task"]``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import gymnasium
@@ -360,6 +363,114 @@ class RslRlVecEnv:
 
     def close(self) -> None:
         self.batched_env.close()
+
+
+# ---------------------------------------------------------------------------- stable-baselines3
+DEFAULT_SB3_KEYS: tuple[str, ...] = ("observation.state", "observation.environment_state")
+
+
+def __getattr__(name: str) -> Any:
+    """``SB3VecEnv`` subclasses stable-baselines3's ``VecEnv``; the class is made on first access
+    (``from sims.adapters import SB3VecEnv``), so that importing `sims` does not import
+    stable-baselines3 (~1 s)."""
+    if name == "SB3VecEnv":
+        return _sb3_vec_env_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _sb3_vec_env_class() -> type:
+    from stable_baselines3.common.vec_env import VecEnv
+
+    class SB3VecEnv(VecEnv):
+        """stable-baselines3's ``VecEnv`` over a `BatchedEnv` of N envs (through a `GymVectorEnv`).
+
+        Observations: the features `keys` (default ``observation.state`` and
+        ``observation.environment_state``) flattened and concatenated, float32 (N, D) in an
+        unbounded Box (D,), so that SB3's ``MlpPolicy`` (and ``VecNormalize``) take them as they
+        are. Actions: float32 (N, A) in Box(-1, 1, (A,)).
+
+        ``step_wait`` returns obs (N, D), rewards float32 (N,), dones bool (N,) (terminated or
+        truncated; those envs were already reset, as SB3 expects) and a list of N info dicts; an
+        env whose episode ended has ``terminal_observation`` (D,), ``TimeLimit.truncated`` (a
+        truncation that is not a termination: SB3 bootstraps its value) and ``is_success`` (the
+        success flag at the episode's last step). ``seed(s)`` then ``reset()`` seeds env i from
+        (s, i), as `GymVectorEnv.reset` does; ``reset_infos`` hold each env's instruction.
+
+        ``get_attr`` reads the `GymVectorEnv` (one value repeated per index); ``set_attr`` and
+        ``env_method`` are not supported: there are no per-env Python objects to reach.
+        """
+
+        def __init__(self, env: BatchedEnv, keys: tuple[str, ...] = DEFAULT_SB3_KEYS):
+            self.vector_env = GymVectorEnv(env)
+            self.batched_env = env
+            space = self.vector_env.single_observation_space
+            missing = [key for key in keys if key not in space.spaces]
+            if missing or not keys:
+                raise ValueError(
+                    f"SB3VecEnv keys {missing or keys} are not features of this env; "
+                    f"it has {list(space.spaces)}."
+                )
+            self.keys = tuple(keys)
+            dim = sum(int(np.prod(space[key].shape)) for key in self.keys)
+            self._actions: np.ndarray | None = None
+            observation_space = spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+            super().__init__(env.num_envs, observation_space, self.vector_env.single_action_space)
+
+        def _flat(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+            """(B, D) float32: the features `keys` of a batch (B, ...), flattened and concatenated."""
+            features = [obs[key].reshape(len(obs[key]), -1) for key in self.keys]
+            return np.concatenate(features, axis=1, dtype=np.float32)
+
+        def reset(self) -> np.ndarray:
+            # SB3's seed(s) gives env i the seed s + i; the batched env seeds env i from (s, i).
+            obs, info = self.vector_env.reset(seed=self._seeds[0])
+            self._reset_seeds()
+            self._reset_options()
+            self.reset_infos = [{"task": task} for task in info["task"]]
+            return self._flat(obs)
+
+        def step_async(self, actions: np.ndarray) -> None:
+            self._actions = actions
+
+        def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+            if self._actions is None:
+                raise RuntimeError("SB3VecEnv.step_wait called without step_async.")
+            obs, reward, terminated, truncated, info = self.vector_env.step(self._actions)
+            self._actions = None
+            done = terminated | truncated
+            infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+            for i in np.flatnonzero(done):
+                last = {key: value[None] for key, value in info["final_obs"][i].items()}
+                infos[i] = {
+                    "terminal_observation": self._flat(last)[0],
+                    "TimeLimit.truncated": bool(truncated[i] and not terminated[i]),
+                    "is_success": bool(info["final_info"]["success"][i]),
+                }
+            return self._flat(obs), reward, done, infos
+
+        def close(self) -> None:
+            self.vector_env.close()
+
+        def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+            return [getattr(self.vector_env, attr_name)] * len(self._get_indices(indices))
+
+        def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+            raise NotImplementedError(
+                f"SB3VecEnv cannot set {attr_name!r} per env; change adapter.batched_env instead."
+            )
+
+        def env_method(
+            self, method_name: str, *args: Any, indices: Any = None, **kwargs: Any
+        ) -> list:
+            raise NotImplementedError(
+                f"SB3VecEnv cannot call {method_name!r} per env; call adapter.batched_env instead."
+            )
+
+        def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
+            return [False] * len(self._get_indices(indices))
+
+    return SB3VecEnv
 
 
 register_gymnasium_envs()

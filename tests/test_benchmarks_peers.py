@@ -1,0 +1,66 @@
+"""benchmarks/ppo_vs_peers.py: a tiny race of the three learners runs end to end, and the
+speedup is labelled exact or as a bound when a learner runs out of budget."""
+
+import pytest
+import torch
+
+pytest.importorskip("stable_baselines3")
+pytest.importorskip("rsl_rl")
+
+from benchmarks.ppo_vs_peers import (
+    LEARNERS,
+    ROOT,
+    Setup,
+    make_learner,
+    race,
+    reached_target,
+    speedup,
+)  # noqa: E402
+from embodied.config import load_config  # noqa: E402
+from embodied.runner.trainer import TrainConfig  # noqa: E402
+
+
+@pytest.fixture
+def one_torch_thread():
+    """As the benchmark runs: one torch thread (tiny MLPs crawl when OpenMP threads contend)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tiny_race(tmp_path, one_torch_thread):
+    cfg = load_config(TrainConfig, ROOT / "configs/ppo_reach_state.yaml", ["env.num_envs=8"])
+    setup = Setup(
+        "configs/ppo_reach_state.yaml",
+        max_env_steps=400,
+        max_wall_s=60,
+        eval_every=200,
+        eval_episodes=4,
+    )
+    learners = [make_learner(name, cfg, tmp_path / name) for name in LEARNERS]
+    results = race(learners, setup, cfg.env)
+    for learner in learners:
+        learner.close()
+    assert list(results) == list(LEARNERS)
+    for name, result in results.items():
+        assert result["env_steps"] >= (400 if not result["reached"] else 200), name
+        assert result["wall_s"] > 0 and result["evaluations"][0]["env_steps"] >= 200
+        assert 0.0 <= result["final_success_rate"] <= 1.0
+        assert result["hyperparameters"]["num_envs"] == 8
+
+
+def test_speedup_kinds():
+    def run(reached: bool, wall: float) -> dict:
+        return {"reached": reached, "wall_s_to_target": wall if reached else None, "wall_s": wall}
+
+    assert speedup(run(True, 10.0), run(True, 40.0)) == (4.0, "exact")
+    assert speedup(run(True, 10.0), run(False, 30.0)) == (3.0, "lower_bound")
+    assert speedup(run(False, 20.0), run(True, 10.0)) == (0.5, "upper_bound")
+    assert speedup(run(False, 20.0), run(False, 20.0)) == (None, "neither_reached")
+    assert speedup(None, run(True, 1.0)) == (None, "not_run")
+
+
+def test_reached_target_counts_90_of_100_in_float32():
+    rate = torch.tensor([True] * 90 + [False] * 10).float().mean().item()  # 0.8999999761581421
+    assert reached_target(rate) and not reached_target(89 / 100)
