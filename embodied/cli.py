@@ -51,6 +51,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_record(args: argparse.Namespace) -> int:
+    import sims
+    from embodied.data.record import RecordConfig, record
+    from sims.core import check_choice
+
+    check_choice("task", args.task, sims.list_tasks())
+    cfg = RecordConfig(
+        task=args.task, episodes=args.episodes, root=args.root or f"data/{args.task}", num_envs=args.num_envs,
+        seed=args.seed, cameras=tuple(args.cameras.split(",")), image_size=args.image_size, video=not args.no_video,
+        noise=args.noise, label=args.label, keep_failures=args.keep_failures, randomize=args.randomize,
+        overwrite=args.overwrite,
+    )
+    summary = record(cfg)
+    print(
+        f"{summary['episodes']} episodes, {summary['frames']} frames -> {summary['root']} "
+        f"(expert success {summary['expert_success_rate']:.1%} over {summary['attempts']} attempts)"
+    )
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from embodied.config import load_config
     from embodied.runner.trainer import TrainConfig, Trainer
@@ -125,6 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-video", action="store_true")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("record", help="record scripted-expert demonstrations as a LeRobotDataset")
+    p.add_argument("--task", required=True)
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--root", help="dataset directory (default data/<task>)")
+    p.add_argument("--num-envs", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cameras", default="front,wrist", help="comma-separated camera names")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise on the executed actions")
+    p.add_argument("--label", choices=("executed", "clean"), default="executed",
+                   help="record the executed (noisy) action or the expert's clean one (DART)")
+    p.add_argument("--keep-failures", action="store_true", help="keep episodes the expert failed")
+    p.add_argument("--randomize", action="store_true", help="turn domain randomization on")
+    p.add_argument("--no-video", action="store_true", help="store PNG images instead of mp4 video")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --root")
+    p.set_defaults(func=_cmd_record)
 
     p = sub.add_parser("train", help="train from a YAML recipe: embodied train configs/X.yaml algo.lr=3e-4 ...")
     p.add_argument("config", nargs="?", help="a YAML recipe from configs/")

@@ -30,9 +30,13 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def plot_curves(rows: list[dict], out: Path) -> list[Path]:
     """One PNG per x axis (env steps, wall time), a panel per curve."""
     paths = []
-    for x_key, x_label, name in (("env_steps", "env steps", "curves_steps.png"), ("time/wall_s", "wall time (s)", "curves_time.png")):
-        fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 3.6))
-        for ax, (key, title) in zip(axes, CURVES, strict=True):
+    steps = ("env_steps", "env steps") if any("env_steps" in r for r in rows) else ("updates", "gradient updates")
+    for x_key, x_label, name in ((*steps, "curves_steps.png"), ("time/wall_s", "wall time (s)", "curves_time.png")):
+        curves = [c for c in CURVES if any(c[0] in r for r in rows)]
+        if not any("rollout/return" in r for r in rows):  # supervised runs: their loss
+            curves.append(("train/loss", "training loss"))
+        fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
+        for ax, (key, title) in zip(axes[0], curves, strict=True):
             points = [(r[x_key], r[key]) for r in rows if key in r and x_key in r]
             if points:
                 xs, ys = zip(*points, strict=True)

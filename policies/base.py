@@ -57,6 +57,17 @@ class PolicyOutput:
     extras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass
+class FeatureSpec:
+    """What a policy reads and emits, in dataset terms (checked against a dataset before SFT)."""
+
+    images: dict[str, tuple[int, int]]  # feature key -> (H, W) of uint8 (H, W, 3) images
+    vectors: tuple[str, ...]  # feature keys concatenated into the policy's vector input
+    vector_dim: int  # their total dimension
+    action_dim: int
+    chunk_size: int
+
+
 class Policy(nn.Module, abc.ABC):
     """Base class: a `config` dataclass, act/evaluate, and HF-layout save/load."""
 
@@ -80,6 +91,14 @@ class Policy(nn.Module, abc.ABC):
         self, obs: dict[str, Any], actions: torch.Tensor, extras: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """log_prob (N,), entropy (N,), value (N,) or None of `actions` (N, T, A) at `obs`."""
+
+    def feature_spec(self) -> FeatureSpec:
+        """The observation features this policy reads and the actions it emits."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare its features.")
+
+    def set_normalization(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Freeze dataset statistics {feature key: (mean, std)} into the policy (SFT calls this)."""
+        raise NotImplementedError(f"{type(self).__name__} takes no dataset statistics.")
 
     def supervised_loss(self, obs: dict[str, Any], actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Behaviour-cloning loss of demonstrated `actions` (N, T, A) at `obs` and its metrics

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from policies.base import PolicyConfig, register_policy
-from policies.mlp import GaussianActorCritic, flat_observation, mlp
+from policies.base import FeatureSpec, PolicyConfig, register_policy
+from policies.mlp import GaussianActorCritic, concat_statistics, flat_observation, mlp
 from policies.normalizer import RunningNormalizer
 
 
@@ -128,3 +128,12 @@ class CNNPolicy(GaussianActorCritic):
     def observe(self, obs: dict[str, Any]) -> None:
         if self.normalizer is not None:
             self.normalizer.update(flat_observation(obs, self.config.state_keys))
+
+    def feature_spec(self) -> FeatureSpec:
+        c = self.config
+        images = {f"observation.images.{camera}": tuple(c.image_size) for camera in c.cameras}
+        return FeatureSpec(images, tuple(c.state_keys) if c.state_dim else (), c.state_dim, c.action_dim, c.chunk_size)
+
+    def set_normalization(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        if self.normalizer is not None:
+            self.normalizer.set(*concat_statistics(stats, tuple(self.config.state_keys)))

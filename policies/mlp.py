@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from policies.base import Policy, PolicyConfig, PolicyOutput, register_policy
+from policies.base import FeatureSpec, Policy, PolicyConfig, PolicyOutput, register_policy
 from policies.normalizer import RunningNormalizer
 
 ACTIVATIONS = {"tanh": nn.Tanh, "elu": nn.ELU, "relu": nn.ReLU, "gelu": nn.GELU}
@@ -41,6 +41,14 @@ def mlp(sizes: list[int], activation: str, out_gain: float) -> nn.Sequential:
         if not last:
             layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
+
+
+def concat_statistics(stats: dict[str, tuple[torch.Tensor, torch.Tensor]], keys: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the concatenation of `keys`, from per-key dataset statistics."""
+    missing = [k for k in keys if k not in stats]
+    if missing:
+        raise KeyError(f"No statistics for {missing}; have {sorted(stats)}.")
+    return torch.cat([stats[k][0].flatten() for k in keys]), torch.cat([stats[k][1].flatten() for k in keys])
 
 
 def flat_observation(obs: dict[str, Any], keys: tuple[str, ...]) -> torch.Tensor:
@@ -84,6 +92,12 @@ class GaussianActorCritic(Policy):
         flat = actions.reshape(x.shape[0], -1)
         return dist.log_prob(flat).sum(-1), dist.entropy().sum(-1), self.critic(x)[:, 0]
 
+    def supervised_loss(self, obs: dict[str, Any], actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Behaviour cloning: mean squared error of the Gaussian's mean against the demo chunk."""
+        mean = self.actor(self.features(obs))
+        loss = (mean - actions.reshape(mean.shape)).pow(2).mean()
+        return loss, {"mse": loss.item()}
+
 
 @register_policy
 class MLPPolicy(GaussianActorCritic):
@@ -114,3 +128,11 @@ class MLPPolicy(GaussianActorCritic):
     def observe(self, obs: dict[str, Any]) -> None:
         if isinstance(self.normalizer, RunningNormalizer):
             self.normalizer.update(flat_observation(obs, self.config.obs_keys))
+
+    def feature_spec(self) -> FeatureSpec:
+        c = self.config
+        return FeatureSpec({}, tuple(c.obs_keys), c.obs_dim, c.action_dim, c.chunk_size)
+
+    def set_normalization(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        if isinstance(self.normalizer, RunningNormalizer):
+            self.normalizer.set(*concat_statistics(stats, tuple(self.config.obs_keys)))

@@ -29,5 +29,15 @@ class RunningNormalizer(nn.Module):
         self.var.copy_(self.var * (1 - ratio) + batch_var * ratio + delta.pow(2) * ratio * (1 - ratio))
         self.count.copy_(total)
 
+    @torch.no_grad()
+    def set(self, mean: torch.Tensor, std: torch.Tensor, count: float = 1e6) -> None:
+        """Take given statistics (a dataset's) as if from `count` samples: later `update`s then
+        barely move them."""
+        if mean.shape != self.mean.shape or std.shape != self.var.shape:
+            raise ValueError(f"Statistics of shape {tuple(mean.shape)} for a normalizer of dimension {self.mean.shape[0]}.")
+        self.mean.copy_(mean)
+        self.var.copy_(std.pow(2))
+        self.count.fill_(count)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.mean) / torch.sqrt(self.var + self.eps)).clamp(-self.clip, self.clip)

@@ -38,6 +38,7 @@ class AlgoConfig:
 
 class Algorithm(abc.ABC):
     config_class: ClassVar[type[AlgoConfig]]
+    uses_env: ClassVar[bool] = True  # False: learns from data; the run ends when `finished()`
 
     def __init__(self, policy: torch.nn.Module, cfg: AlgoConfig):
         self.policy = policy
@@ -58,6 +59,10 @@ class Algorithm(abc.ABC):
     @abc.abstractmethod
     def update(self, batch: dict[str, Any], iteration: int) -> dict[str, float]:
         """One optimisation phase on a prepared batch; returns scalar metrics."""
+
+    def finished(self) -> bool:
+        """For algorithms that do not use the env: whether the run is complete."""
+        return False
 
     @staticmethod
     def check_finite(loss: torch.Tensor, stats: dict[str, torch.Tensor], iteration: int) -> None:

@@ -25,8 +25,13 @@ class LogConfig:
 
 
 class Logger:
-    def __init__(self, run_dir: Path, cfg: LogConfig, total_steps: int, config: dict[str, Any], initial_steps: int = 0):
+    def __init__(
+        self, run_dir: Path, cfg: LogConfig, total_steps: int, config: dict[str, Any], initial_steps: int = 0,
+        step_key: str = "env_steps",
+    ):
+        """`step_key` names the x axis in metrics.jsonl: env steps for RL, updates for SFT."""
         self.run_dir = Path(run_dir)
+        self.step_key = step_key
         self.metrics_file = (self.run_dir / "metrics.jsonl").open("a")
         self.tb = None
         if cfg.tensorboard:
@@ -40,12 +45,12 @@ class Logger:
             os.environ.setdefault("WANDB_MODE", "online" if os.environ.get("WANDB_API_KEY") else "offline")
             self.wandb = wandb.init(project=cfg.wandb_project, dir=str(self.run_dir), config=config, resume="allow",
                                     id=self.run_dir.name.replace("/", "-"))
-        self.bar = tqdm(total=total_steps, initial=initial_steps, unit="step", unit_scale=True, dynamic_ncols=True,
+        self.bar = tqdm(total=total_steps, initial=initial_steps, unit="step" if step_key == "env_steps" else "update", unit_scale=True, dynamic_ncols=True,
                         disable=not cfg.progress_bar)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        """Record scalars at env step `step` (one JSON line, TB and wandb)."""
-        self.metrics_file.write(json.dumps({"env_steps": step, **metrics}) + "\n")
+        """Record scalars at `step` (one JSON line, TB and wandb)."""
+        self.metrics_file.write(json.dumps({self.step_key: step, **metrics}) + "\n")
         self.metrics_file.flush()
         if self.tb is not None:
             for key, value in metrics.items():

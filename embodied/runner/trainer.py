@@ -46,6 +46,7 @@ class TrainConfig:
     total_env_steps: int = 500_000
     run_dir: str = ""  # default: runs/<name>
     torch_threads: int = 0  # 0: torch's default
+    init_from: str = ""  # start from a saved policy folder or a run directory's latest checkpoint
     env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
     policy: PolicyConfig = dataclasses.field(default_factory=MLPPolicyConfig)
     algo: AlgoConfig = dataclasses.field(default_factory=PPOConfig)
@@ -71,7 +72,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.env = sims.make(dataclasses.replace(cfg.env, seed=cfg.seed))
         self.obs = self.env.reset(seed=cfg.seed)
-        self.policy: Policy = make_policy(cfg.policy, self.obs, self.env.action_dim)
+        self.policy: Policy = self._build_policy()
         self.algo = ALGOS[cfg.algo.name](self.policy, cfg.algo)
         self.tracker = EpisodeTracker(self.env.num_envs, self.env.device)
         self.iteration = 0
@@ -87,6 +88,28 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
 
+    def _build_policy(self) -> Policy:
+        cfg = self.cfg
+        if not cfg.init_from:
+            return make_policy(cfg.policy, self.obs, self.env.action_dim)
+        path = Path(cfg.init_from)
+        if (path / "checkpoints").is_dir():
+            path = latest_checkpoint(path) / "policy"
+        policy = Policy.from_pretrained(path)
+        if policy.kind != cfg.policy.kind:
+            raise ValueError(f"init_from {cfg.init_from} holds a {policy.kind!r} policy; this config asks for {cfg.policy.kind!r}.")
+        if policy.chunk_size and getattr(policy.config, "action_dim", self.env.action_dim) != self.env.action_dim:
+            raise ValueError(f"init_from {cfg.init_from} emits {policy.config.action_dim}-dim actions; the env takes {self.env.action_dim}.")
+        return policy
+
+    @property
+    def progress_steps(self) -> int:
+        """The run's x axis: env steps, or gradient updates for algorithms without env."""
+        return self.env_steps if self.algo.uses_env else self.algo.updates
+
+    def finished(self) -> bool:
+        return self.env_steps >= self.cfg.total_env_steps if self.algo.uses_env else self.algo.finished()
+
     @classmethod
     def from_run_dir(cls, run_dir: str | Path) -> Trainer:
         """Resume the run in `run_dir` from its latest checkpoint, with its saved config."""
@@ -100,11 +123,13 @@ class Trainer:
     def train(self, stop_after: int | None = None) -> dict[str, Any]:
         """Run to `total_env_steps` (or `stop_after` more iterations); returns the final eval."""
         cfg = self.cfg
-        logger = Logger(self.run_dir, cfg.log, cfg.total_env_steps, to_dict(cfg), self.env_steps)
+        total = cfg.total_env_steps if self.algo.uses_env else cfg.algo.total_updates
+        logger = Logger(self.run_dir, cfg.log, total, to_dict(cfg), self.progress_steps,
+                        step_key="env_steps" if self.algo.uses_env else "updates")
         last_eval: dict[str, Any] = {}
         stop_iteration = None if stop_after is None else self.iteration + stop_after
         try:
-            while self.env_steps < cfg.total_env_steps and self.iteration != stop_iteration:
+            while not self.finished() and self.iteration != stop_iteration:
                 start = time.perf_counter()
                 rollout, self.obs, next_value = self.algo.collect(self.env, self.obs, self.tracker)
                 collect_seconds = time.perf_counter() - start
@@ -120,25 +145,33 @@ class Trainer:
                 metrics["perf/env_steps_per_s"] = steps / seconds
                 metrics["perf/collect_fraction"] = collect_seconds / seconds
                 metrics["time/wall_s"] = self.wall_time
-                if cfg.eval.every and self.iteration % cfg.eval.every == 0 and self.env_steps < cfg.total_env_steps:
+                if cfg.eval.every and self.iteration % cfg.eval.every == 0 and not self.finished():
                     last_eval = self.evaluate(video=bool(cfg.log.video_every) and self.iteration % cfg.log.video_every == 0)
                     metrics.update({f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, (int, float))})
-                logger.log(self.env_steps, metrics)
-                logger.progress(self.env_steps, {
-                    "it": self.iteration, "steps/s": metrics["perf/env_steps_per_s"],
-                    "success": metrics.get("rollout/success_rate", float("nan")),
-                    "return": metrics.get("rollout/return", float("nan")),
-                    **({"eval": last_eval["success_rate"]} if last_eval else {}),
-                })
+                logger.log(self.progress_steps, metrics)
+                figures = {"it": self.iteration}
+                if self.algo.uses_env:
+                    figures |= {"steps/s": metrics["perf/env_steps_per_s"],
+                                "success": metrics.get("rollout/success_rate", float("nan")),
+                                "return": metrics.get("rollout/return", float("nan"))}
+                else:
+                    figures |= {"loss": metrics["train/loss"]}
+                if last_eval:
+                    figures["eval"] = last_eval["success_rate"]
+                logger.progress(self.progress_steps, figures)
                 if cfg.checkpoint.every and self.iteration % cfg.checkpoint.every == 0:
                     self.save()
-            if self.env_steps >= cfg.total_env_steps:
+            if self.finished():
                 final = self.evaluate(video=cfg.log.final_video)
-                (self.run_dir / "eval.json").write_text(json.dumps(final | {"env_steps": self.env_steps, "wall_s": self.wall_time}, indent=2))
-                logger.log(self.env_steps, {f"eval/{k}": v for k, v in final.items() if isinstance(v, (int, float))})
+                counters = {"env_steps": self.env_steps, "wall_s": self.wall_time}
+                if not self.algo.uses_env:
+                    counters["updates"] = self.algo.updates
+                (self.run_dir / "eval.json").write_text(json.dumps(final | counters, indent=2))
+                logger.log(self.progress_steps, {f"eval/{k}": v for k, v in final.items() if isinstance(v, (int, float))})
                 logger.write(
                     f"final eval: success {final['success_rate']:.1%} (95% CI {final['success_ci95'][0]:.1%}-"
-                    f"{final['success_ci95'][1]:.1%}) over {final['episodes']} episodes; {self.env_steps} env steps, {self.wall_time:.0f} s"
+                    f"{final['success_ci95'][1]:.1%}) over {final['episodes']} episodes; "
+                    f"{self.progress_steps} {'env steps' if self.algo.uses_env else 'updates'}, {self.wall_time:.0f} s"
                 )
                 self.save()
                 last_eval = final

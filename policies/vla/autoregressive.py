@@ -33,8 +33,8 @@ from tokenizers import Tokenizer
 from torch import nn
 from transformers import DynamicCache, PreTrainedTokenizerFast
 
-from policies.base import Policy, PolicyConfig, PolicyOutput, register_policy
-from policies.mlp import flat_observation, mlp
+from policies.base import FeatureSpec, Policy, PolicyConfig, PolicyOutput, register_policy
+from policies.mlp import concat_statistics, flat_observation, mlp
 from policies.vla.action_tokenizer import ActionTokenizer
 from policies.vla.backbone import (
     SPECIAL_TOKENS,
@@ -44,6 +44,7 @@ from policies.vla.backbone import (
     VLMConfig,
     task_instructions,
     train_tokenizer,
+    vla_feature_spec,
 )
 
 
@@ -160,14 +161,11 @@ class ARVLAPolicy(Policy):
 
     def set_normalization(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Freeze dataset statistics {feature key: (mean, std)} of the `state_keys` (SFT calls this)."""
-        missing = [key for key in self.config.state_keys if key not in stats]
-        if missing:
-            raise KeyError(f"No statistics for {missing}; got {sorted(stats)}.")
         if self.config.state_keys:
-            keys = self.config.state_keys
-            mean = torch.cat([torch.as_tensor(stats[key][0]).float().flatten() for key in keys])
-            std = torch.cat([torch.as_tensor(stats[key][1]).float().flatten() for key in keys])
-            self.set_state_stats(mean, std)
+            self.set_state_stats(*concat_statistics(stats, tuple(self.config.state_keys)))
+
+    def feature_spec(self) -> FeatureSpec:
+        return vla_feature_spec(self.config)
 
     def normalized_state(self, obs: dict[str, Any]) -> torch.Tensor:
         """(N, state_dim) state features, normalised by the frozen statistics."""

@@ -34,6 +34,8 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from policies.base import FeatureSpec
+
 TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
 
@@ -244,3 +246,11 @@ class VisionLanguagePrefix(nn.Module):
 
     def save_tokenizer(self, directory: str | Path) -> None:
         self.tokenizer.backend_tokenizer.save(str(Path(directory) / TOKENIZER_FILE))
+
+
+def vla_feature_spec(config: Any) -> FeatureSpec:
+    """What a VLA config (`vlm`, `state_keys`, `state_dim`, `action_dim`, `chunk_size`) reads and
+    emits, for checking a dataset before SFT."""
+    vlm = config.vlm
+    images = {f"observation.images.{camera}": tuple(vlm.image_size) for camera in vlm.cameras}
+    return FeatureSpec(images, tuple(config.state_keys), config.state_dim, config.action_dim, config.chunk_size)

@@ -50,8 +50,8 @@ from transformers.models.qwen2.modeling_qwen2 import (
     Qwen2RotaryEmbedding,
 )
 
-from policies.base import Policy, PolicyConfig, PolicyOutput, register_policy
-from policies.mlp import flat_observation
+from policies.base import FeatureSpec, Policy, PolicyConfig, PolicyOutput, register_policy
+from policies.mlp import concat_statistics, flat_observation
 from policies.vla.backbone import (
     VisionLanguagePrefix,
     VLMConfig,
@@ -59,6 +59,7 @@ from policies.vla.backbone import (
     load_tokenizer,
     task_instructions,
     train_tokenizer,
+    vla_feature_spec,
 )
 from policies.vla.flow_likelihood import chain_log_prob, sample_chain
 
@@ -293,6 +294,14 @@ class FlowVLAPolicy(Policy):
             )
         self.state_mean.copy_(mean)
         self.state_std.copy_(std.clamp_min(1e-6))
+
+    def set_normalization(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Freeze dataset statistics {feature key: (mean, std)} of the `state_keys` (SFT calls this)."""
+        if self.config.state_keys:
+            self.set_state_stats(*concat_statistics(stats, tuple(self.config.state_keys)))
+
+    def feature_spec(self) -> FeatureSpec:
+        return vla_feature_spec(self.config)
 
     def normalized_state(self, obs: dict[str, Any]) -> torch.Tensor | None:
         """(N, state_dim) state features normalised by the frozen statistics, or None."""

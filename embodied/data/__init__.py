@@ -1,0 +1,1 @@
+"""Demonstrations and datasets: recording experts into LeRobot datasets, reading them back."""
