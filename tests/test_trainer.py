@@ -88,6 +88,8 @@ def test_ppo_improves_reach(tmp_path):
     assert len(returns) >= 6
     early, late = sum(returns[:3]) / 3, sum(returns[-3:]) / 3
     assert late > early + 5.0, (early, late)
+    per_task = [m for m in lines if "rollout/return" in m]
+    assert all(m["rollout/Reach/return"] == m["rollout/return"] for m in per_task), "one task: its split is the whole"
 
 
 def test_non_finite_loss_stops_with_a_diagnostic_and_keeps_the_checkpoint(tmp_path):

@@ -27,10 +27,14 @@ def tensor_obs(obs: Obs) -> dict[str, torch.Tensor]:
 class EpisodeTracker:
     """Running return/length/success per env, and the finished episodes' statistics. An
     episode counts as a success if the task was solved at any step (ManiSkill's success_once),
-    which is the same as success at the end when episodes terminate on success."""
+    which is the same as success at the end when episodes terminate on success.
+
+    `sources` names what each env runs (its task, or a task/backend/data-source label); the
+    finished episodes carry it so metrics can be split per task and per source."""
 
     num_envs: int
     device: torch.device
+    sources: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.returns = torch.zeros(self.num_envs, device=self.device)
@@ -43,9 +47,10 @@ class EpisodeTracker:
         self.lengths += 1
         self.succeeded |= success
         for i in done.nonzero()[:, 0].tolist():
-            self.finished.append(
-                {"return": float(self.returns[i]), "length": int(self.lengths[i]), "success": float(self.succeeded[i])}
-            )
+            self.finished.append({
+                "return": float(self.returns[i]), "length": int(self.lengths[i]), "success": float(self.succeeded[i]),
+                "source": self.sources[i] if self.sources else "",
+            })
         self.returns[done] = 0.0
         self.lengths[done] = 0
         self.succeeded[done] = False

@@ -55,6 +55,16 @@ class TrainConfig:
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
 
 
+def summarize_episodes(episodes: list[dict], prefix: str) -> dict[str, float]:
+    """Mean success, return and length of finished episodes, as `prefix/...` scalars."""
+    return {
+        f"{prefix}/success_rate": float(np.mean([e["success"] for e in episodes])),
+        f"{prefix}/return": float(np.mean([e["return"] for e in episodes])),
+        f"{prefix}/episode_length": float(np.mean([e["length"] for e in episodes])),
+        f"{prefix}/episodes": float(len(episodes)),
+    }
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -74,7 +84,7 @@ class Trainer:
         self.obs = self.env.reset(seed=cfg.seed)
         self.policy: Policy = self._build_policy()
         self.algo = ALGOS[cfg.algo.name](self.policy, cfg.algo)
-        self.tracker = EpisodeTracker(self.env.num_envs, self.env.device)
+        self.tracker = EpisodeTracker(self.env.num_envs, self.env.device, sources=[cfg.env.task] * self.env.num_envs)
         self.iteration = 0
         self.env_steps = 0
         self.wall_time = 0.0
@@ -183,12 +193,10 @@ class Trainer:
         episodes = self.tracker.pop()
         if not episodes:
             return {}
-        return {
-            "rollout/success_rate": float(np.mean([e["success"] for e in episodes])),
-            "rollout/return": float(np.mean([e["return"] for e in episodes])),
-            "rollout/episode_length": float(np.mean([e["length"] for e in episodes])),
-            "rollout/episodes": float(len(episodes)),
-        }
+        metrics = summarize_episodes(episodes, "rollout")
+        for source in sorted({e["source"] for e in episodes} - {""}):
+            metrics |= summarize_episodes([e for e in episodes if e["source"] == source], f"rollout/{source}")
+        return metrics
 
     def evaluate(self, video: bool = False) -> dict[str, Any]:
         cfg = self.cfg
