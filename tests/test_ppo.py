@@ -65,3 +65,30 @@ def test_advantage_normalisation_is_per_minibatch():
     adv = torch.tensor([1.0, 2.0, 3.0, 4.0])
     _, stats = ppo_loss(zeros, zeros, adv, zeros, zeros, zeros, zeros, cfg)
     assert stats["policy_loss"].item() == pytest.approx(0.0, abs=1e-6)  # normalised advantages have mean 0
+
+
+@pytest.mark.parametrize("kind", ["ar_vla", "flow_vla"])
+def test_ppo_updates_a_vla_with_its_instructions(kind):
+    """The rollout keeps obs["task"], so a VLA's evaluate sees the same instructions as act."""
+    import sims
+    from embodied.algos.ppo import PPO
+    from embodied.runner.rollout import EpisodeTracker
+    from policies import make_policy
+    from policies.vla.autoregressive import ARVLAConfig
+    from policies.vla.backbone import VLMConfig
+    from policies.vla.flow import FlowVLAConfig
+
+    torch.manual_seed(0)
+    env = sims.make("Reach", num_envs=4, obs_mode="rgb", cameras=("front",), render=sims.RenderSettings(32, 32))
+    obs = env.reset(seed=0)
+    vlm = VLMConfig(image_size=(32, 32))
+    config = ARVLAConfig(vlm=vlm, chunk_size=2) if kind == "ar_vla" else FlowVLAConfig(vlm=vlm, chunk_size=2, num_steps=3)
+    policy = make_policy(config, obs, env.action_dim)
+    algo = PPO(policy, PPOConfig(num_steps=3, update_epochs=1, num_minibatches=1))
+    rollout, obs, next_value = algo.collect(env, obs, EpisodeTracker(4, env.device))
+    assert rollout["obs"]["task"].shape == (3, 4) and rollout["obs"]["task"][0, 0] in env.task.instructions
+    before = [p.detach().clone() for p in policy.parameters()]
+    metrics = algo.update(algo.prepare(rollout, next_value), 0)
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert abs(metrics["approx_kl"]) < 1e-4, "one minibatch, before its step: evaluate recomputes act's log-probs"
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import torch
 
 from embodied.algos.base import (
@@ -26,6 +27,7 @@ from embodied.algos.base import (
     minibatches,
     register_algo,
 )
+from embodied.runner.rollout import select_obs
 
 
 @dataclasses.dataclass
@@ -128,7 +130,7 @@ class PPO(Algorithm):
         for _ in range(cfg.update_epochs):
             epochs += 1
             for idx in minibatches(total, size, self.generator):
-                obs = {k: v[idx] for k, v in batch["obs"].items()}
+                obs = select_obs(batch["obs"], idx)
                 extras = {k: v[idx] for k, v in batch["extras"].items()}
                 log_prob, entropy, value = self.policy.evaluate(obs, batch["actions"][idx], extras)
                 loss, stats = ppo_loss(
@@ -177,7 +179,7 @@ def flatten_time(rollout: dict[str, Any]) -> dict[str, Any]:
     for key, value in rollout.items():
         if isinstance(value, dict):
             flat[key] = flatten_time(value)
-        elif isinstance(value, torch.Tensor) and value.dim() >= 2:
+        elif isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim >= 2:
             flat[key] = value.reshape(-1, *value.shape[2:])
         else:
             flat[key] = value

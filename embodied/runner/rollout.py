@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import torch
 
 from policies.base import Policy
@@ -21,6 +22,23 @@ from sims.core import BatchedEnv, Obs
 def tensor_obs(obs: Obs) -> dict[str, torch.Tensor]:
     """The tensor features of an observation (drops the instruction strings)."""
     return {k: v for k, v in obs.items() if isinstance(v, torch.Tensor)}
+
+
+def stack_obs(observations: list[Obs]) -> dict[str, Any]:
+    """S observation batches -> {key: (S, N, ...) tensor}, with the instructions as an (S, N)
+    object array under "task" (a VLA's `evaluate` needs them again)."""
+    stacked: dict[str, Any] = {k: torch.stack([o[k] for o in observations]) for k in tensor_obs(observations[0])}
+    if "task" in observations[0]:
+        stacked["task"] = np.array([list(o["task"]) for o in observations], dtype=object)
+    return stacked
+
+
+def select_obs(obs: dict[str, Any], index: torch.Tensor) -> Obs:
+    """Rows `index` of a flattened observation batch; instructions come back as a list."""
+    rows: Obs = {k: v[index] for k, v in obs.items() if isinstance(v, torch.Tensor)}
+    if "task" in obs:
+        rows["task"] = list(obs["task"][index.cpu().numpy()])
+    return rows
 
 
 @dataclasses.dataclass
@@ -84,7 +102,7 @@ def collect_rollout(
         if update_normalizer:
             policy.observe(obs)
         out = policy.act(obs)
-        store["obs"].append(tensor_obs(obs))
+        store["obs"].append(obs)
         store["actions"].append(out.action)
         store["log_probs"].append(out.log_prob)
         store["values"].append(out.value if out.value is not None else torch.zeros(n, device=env.device))
@@ -106,7 +124,7 @@ def collect_rollout(
         store["dones"].append(ended)
     next_value = _value(policy, obs, n, env.device)
     rollout = {
-        "obs": {k: torch.stack([o[k] for o in store["obs"]]) for k in store["obs"][0]},
+        "obs": stack_obs(store["obs"]),
         "actions": torch.stack(store["actions"]),
         "log_probs": torch.stack(store["log_probs"]),
         "values": torch.stack(store["values"]),
