@@ -6,7 +6,14 @@ import pytest
 import torch
 
 import sims
-from embodied.algos.grpo import GRPO, GRPOConfig, group_advantages, grpo_loss, mixed_groups
+from embodied.algos.grpo import (
+    GRPO,
+    GRPOConfig,
+    group_advantages,
+    grpo_loss,
+    mixed_groups,
+    step_advantages,
+)
 from embodied.runner.rollout import EpisodeTracker
 from policies import MLPPolicyConfig, make_policy
 
@@ -57,3 +64,26 @@ def test_num_envs_must_be_a_multiple_of_the_group():
     policy = make_policy(MLPPolicyConfig(hidden_sizes=(16,)), obs, env.action_dim)
     with pytest.raises(ValueError, match="multiple of group_size"):
         GRPO(policy, GRPOConfig(group_size=4)).run_group_episodes(env, EpisodeTracker(6, env.device))
+
+
+def test_step_advantages_by_hand():
+    # one group of 2 episodes, 3 decisions; episode 1 ends after its second decision
+    rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 5.0]])
+    valid = torch.tensor([[True, True], [True, True], [True, False]])
+    adv = step_advantages(rewards, valid, group_size=2, gamma=0.5, eps=1e-6)
+    # returns-to-go: episode 0: 1.75, 1.5, 1; episode 1: 0.5, 1, (0: not valid)
+    expected = torch.tensor([[1.0, -1.0], [1.0, -1.0], [0.0, 0.0]])  # t = 2: one valid member
+    torch.testing.assert_close(adv, expected, atol=1e-5, rtol=0)
+
+
+def test_reward_to_go_outcome_credits_each_step():
+    env = sims.make("Reach", num_envs=8, max_episode_steps=5)
+    obs = env.reset(seed=0)
+    policy = make_policy(MLPPolicyConfig(hidden_sizes=(16,)), obs, env.action_dim)
+    algo = GRPO(policy, GRPOConfig(group_size=4, outcome="reward_to_go", gamma=0.9, max_sample_rounds=1))
+    batch, _, _ = algo.collect(env, obs, EpisodeTracker(8, env.device))
+    advantages = batch["advantages"].view(5, 8)  # (step, env): every episode runs 5 steps
+    torch.testing.assert_close(advantages.view(5, 2, 4).mean(dim=2), torch.zeros(5, 2), atol=1e-5, rtol=0)
+    assert not torch.equal(advantages[0], advantages[-1])  # not one advantage per episode
+    with pytest.raises(ValueError, match="outcome"):
+        GRPO(policy, GRPOConfig(outcome="returns"))

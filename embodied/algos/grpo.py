@@ -7,6 +7,10 @@ One iteration, top to bottom:
   2. R_i = the episode's outcome: success (0/1, default) or its return;
      A_i = (R_i - mean_group(R)) / (std_group(R) + eps), for every step of episode i, and
      steps after the episode's end are masked out;
+     or, with outcome "reward_to_go" (DeepSeekMath's process supervision, with a per-step
+     baseline), each step's own discounted return-to-go G_it = sum_{j >= t} gamma^(j-t) r_ij,
+     A_it = (G_it - mean_group(G_t)) / (std_group(G_t) + eps) over the group's episodes still
+     running at step t: a step is credited with what followed it, not with the whole episode;
   3. dynamic sampling: groups whose members all succeed or all fail carry no signal and are
      dropped; new groups are sampled until `min_groups` mixed groups are kept (or
      `max_sample_rounds` rounds were tried);
@@ -24,13 +28,15 @@ import torch
 from embodied.algos.base import AlgoConfig, Algorithm, minibatches, register_algo
 from embodied.runner.rollout import tensor_obs
 
+OUTCOMES = ("success", "return", "reward_to_go")
+
 
 @dataclasses.dataclass
 class GRPOConfig(AlgoConfig):
     name: str = "grpo"
     lr: float = 3e-4
     group_size: int = 8  # G; num_envs must be a multiple
-    outcome: str = "success"  # "success" (0/1) or "return"
+    outcome: str = "success"  # "success" (0/1), "return" or "reward_to_go" (per step)
     clip_low: float = 0.2
     clip_high: float = 0.28  # clip-higher (DAPO)
     update_epochs: int = 4
@@ -40,7 +46,7 @@ class GRPOConfig(AlgoConfig):
     dynamic_sampling: bool = True
     min_groups: int = 0  # mixed groups to collect per iteration; 0: num_envs // group_size // 2
     max_sample_rounds: int = 4
-    gamma: float = 1.0  # unused by the loss; kept for the shared rollout helpers
+    gamma: float = 1.0  # discount of the "reward_to_go" outcome
 
 
 def group_advantages(outcomes: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
@@ -49,6 +55,30 @@ def group_advantages(outcomes: torch.Tensor, group_size: int, eps: float) -> tor
     mean = grouped.mean(dim=1, keepdim=True)
     std = grouped.std(dim=1, keepdim=True, unbiased=False) if group_size > 1 else torch.zeros_like(mean)
     return ((grouped - mean) / (std + eps)).view(-1)
+
+
+def step_advantages(
+    rewards: torch.Tensor, valid: torch.Tensor, group_size: int, gamma: float, eps: float
+) -> torch.Tensor:
+    """Per-step group-normalised returns-to-go.
+
+    rewards, valid: (S, N) per decision for N = groups * G episodes (valid: the episode was
+    still running). Returns (S, N) advantages (G_t - mean_group(G_t)) / (std_group(G_t) + eps),
+    with the statistics over the group's valid steps at t; 0 where not valid.
+    """
+    steps, n = rewards.shape
+    rewards = torch.where(valid, rewards, 0.0)
+    to_go = torch.zeros_like(rewards)
+    following = torch.zeros(n, device=rewards.device)
+    for t in reversed(range(steps)):
+        following = rewards[t] + gamma * following
+        to_go[t] = following
+    grouped = to_go.view(steps, -1, group_size)
+    mask = valid.view(steps, -1, group_size).float()
+    count = mask.sum(dim=2, keepdim=True).clamp_min(1.0)
+    mean = (grouped * mask).sum(dim=2, keepdim=True) / count
+    std = (((grouped - mean) ** 2 * mask).sum(dim=2, keepdim=True) / count).sqrt()
+    return ((grouped - mean) / (std + eps) * mask).view(steps, n)
 
 
 def mixed_groups(outcomes: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -80,12 +110,15 @@ class GRPO(Algorithm):
 
     def __init__(self, policy, cfg: GRPOConfig):
         super().__init__(policy, cfg)
+        if cfg.outcome not in OUTCOMES:
+            raise ValueError(f"GRPO outcome {cfg.outcome!r} is not one of {', '.join(OUTCOMES)}.")
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
 
     @torch.no_grad()
     def run_group_episodes(self, env, tracker) -> dict[str, Any]:
         """One episode per env, groups of G sharing an initial state. Returns per-step tensors
-        (S, N, ...), the valid mask (S, N), outcomes (N,) and the env steps used."""
+        (S, N, ...), the valid mask and rewards per decision (S, N), outcomes (N,) and the env
+        steps used."""
         cfg = self.cfg
         n, g = env.num_envs, cfg.group_size
         if n % g:
@@ -97,7 +130,7 @@ class GRPO(Algorithm):
         alive = torch.ones(n, dtype=torch.bool, device=env.device)
         succeeded = torch.zeros(n, dtype=torch.bool, device=env.device)
         returns = torch.zeros(n, device=env.device)
-        steps: dict[str, list] = {"obs": [], "actions": [], "log_probs": [], "extras": [], "valid": []}
+        steps: dict[str, list] = {"obs": [], "actions": [], "log_probs": [], "extras": [], "valid": [], "rewards": []}
         env_steps = 0
         while alive.any():
             out = self.policy.act(obs)
@@ -106,15 +139,18 @@ class GRPO(Algorithm):
             steps["log_probs"].append(out.log_prob)
             steps["extras"].append(out.extras)
             steps["valid"].append(alive.clone())
+            decision_reward = torch.zeros(n, device=env.device)
             for t in range(out.action.shape[1]):
                 obs, reward, terminated, truncated, info = env.step(out.action[:, t])
                 env_steps += int(alive.sum())
                 tracker.step(reward, terminated | truncated, info["success"])
-                returns += torch.where(alive, reward, 0.0)
+                decision_reward += torch.where(alive, reward, 0.0)
                 succeeded |= info["success"] & alive
                 alive &= ~(terminated | truncated)
                 if not alive.any():
                     break
+            steps["rewards"].append(decision_reward)
+            returns += decision_reward
         outcomes = succeeded.float() if cfg.outcome == "success" else returns
         return {
             "obs": {k: torch.stack([o[k] for o in steps["obs"]]) for k in steps["obs"][0]},
@@ -122,6 +158,7 @@ class GRPO(Algorithm):
             "log_probs": torch.stack(steps["log_probs"]),
             "extras": {k: torch.stack([e[k] for e in steps["extras"]]) for k in steps["extras"][0]},
             "valid": torch.stack(steps["valid"]),
+            "rewards": torch.stack(steps["rewards"]),
             "outcomes": outcomes,
             "env_steps": env_steps,
             "obs_after": obs,
@@ -137,20 +174,24 @@ class GRPO(Algorithm):
             rounds += 1
             env_steps += episodes["env_steps"]
             outcomes = episodes["outcomes"]
-            advantages = group_advantages(outcomes, cfg.group_size, cfg.eps)
+            valid = episodes["valid"]
+            if cfg.outcome == "reward_to_go":
+                advantages = step_advantages(episodes["rewards"], valid, cfg.group_size, cfg.gamma, cfg.eps)
+            else:  # one advantage per episode, for each of its steps
+                advantages = group_advantages(outcomes, cfg.group_size, cfg.eps).expand_as(valid)
             keep_group = mixed_groups(outcomes, cfg.group_size) if cfg.dynamic_sampling else torch.ones(
                 env.num_envs // cfg.group_size, dtype=torch.bool, device=env.device)
             groups_seen += keep_group.numel()
             kept_groups += int(keep_group.sum())
             keep_env = keep_group.repeat_interleave(cfg.group_size)
-            valid = episodes["valid"] & keep_env[None]
+            valid = valid & keep_env[None]
             index = valid.nonzero(as_tuple=True)  # (step, env) pairs of valid, kept steps
             kept.append({
                 "obs": {k: v[index] for k, v in episodes["obs"].items()},
                 "actions": episodes["actions"][index],
                 "log_probs": episodes["log_probs"][index],
                 "extras": {k: v[index] for k, v in episodes["extras"].items()},
-                "advantages": advantages[index[1]],
+                "advantages": advantages[index],
             })
             obs = episodes["obs_after"]
         batch = {
