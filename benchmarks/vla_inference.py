@@ -17,6 +17,9 @@ emits the same greedy tokens as ``ours_greedy``, so both decode the same model f
 prefix. Methods are timed in alternating blocks (best block each), so that load from other
 processes hits all alike.
 
+Then the flow-matching VLA's sampling cost per chunk on the same batch against the number
+of Euler steps K (`policies.vla.flow.sampling_cost`).
+
 Prints a table, writes benchmarks/results/vla_inference.json (``--quick``: fewer blocks, a
 shorter per-env loop, vla_inference_quick.json) and ends with
 ``RESULT batched_vs_generate=<min(ours / generate, ours_greedy / generate_greedy)>``.
@@ -40,6 +43,7 @@ import sims  # noqa: E402
 from benchmarks.common import machine_info, write_result  # noqa: E402
 from policies import make_policy  # noqa: E402
 from policies.vla.autoregressive import ARVLAConfig, ARVLAPolicy  # noqa: E402
+from policies.vla.flow import FlowVLAConfig, sampling_cost  # noqa: E402
 
 TASK = "PickCube"
 
@@ -84,11 +88,21 @@ def per_env_loop(policy: ARVLAPolicy, obs: dict, envs: int) -> None:
         generate_actions(policy, one, sample=False)
 
 
-def bench_flow_sampling(quick: bool) -> dict | None:
-    """FLOW VLA SLOT: sampling cost per chunk against the number of denoising steps K for the
-    flow-matching VLA (`policies/vla/flow.py`), to be filled in by the flow VLA's author.
-    Return e.g. {"K": [...], "chunk_ms": [...]}; None leaves it out of the results."""
-    return None
+def bench_flow_sampling(obs: dict, action_dim: int, chunk: int, quick: bool) -> dict:
+    """Sampling cost per chunk of the tiny flow-matching VLA (`policies/vla/flow.py`) on the
+    same batch, against the number of Euler steps K (deterministic ODE; the stochastic modes
+    add only a Gaussian draw per step)."""
+    policy = make_policy(FlowVLAConfig(chunk_size=chunk), obs, action_dim).eval()
+    steps = (1, 5, 10) if quick else (1, 2, 5, 10, 20)
+    with torch.no_grad():
+        cost = sampling_cost(policy, obs, num_steps=steps, repeats=1 if quick else 3)
+    print(f"flow VLA ({sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M parameters), N = {cost['num_envs']}: "
+          f"prefix {1000 * cost['prefix_s']:.0f} ms; " + ", ".join(
+              f"K={k}: {1000 * s:.0f} ms/chunk" for k, s in cost["chunk_s"].items()) +
+          f"; {1000 * cost['per_step_s']:.1f} ms per extra step")
+    return {"K": list(cost["chunk_s"]), "chunk_ms": [1000 * s for s in cost["chunk_s"].values()],
+            "prefix_ms": 1000 * cost["prefix_s"], "per_step_ms": 1000 * cost["per_step_s"],
+            "parameters": sum(p.numel() for p in policy.parameters())}
 
 
 def main() -> None:
@@ -194,9 +208,7 @@ def main() -> None:
         "ratios": ratios,
         "batched_vs_generate": result,
     }
-    flow = bench_flow_sampling(args.quick)
-    if flow is not None:
-        data["flow_sampling"] = flow
+    data["flow_sampling"] = bench_flow_sampling(obs, policy.config.action_dim, args.chunk, args.quick)
     path = write_result("vla_inference_quick" if args.quick else "vla_inference", data, machine)
     print(f"wrote {path}")
     print(f"RESULT batched_vs_generate={result:.2f}")
