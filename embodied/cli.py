@@ -94,6 +94,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
+    import torch
+
     from embodied.config import load_config
     from embodied.evaluate import evaluate_policy
     from embodied.runner.checkpoint import latest_checkpoint
@@ -103,6 +105,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     checkpoint = latest_checkpoint(run_dir)
     cfg = load_config(TrainConfig, run_dir / "config.yaml")
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     policy = Policy.from_pretrained(checkpoint / "policy")
     video = run_dir / "videos" / f"eval_{checkpoint.name}_seed{args.seed}.mp4" if args.video else None
     result = evaluate_policy(policy, cfg.env, args.episodes, args.seed, video_path=video)
