@@ -33,18 +33,18 @@ from tokenizers import Tokenizer
 from torch import nn
 from transformers import DynamicCache, PreTrainedTokenizerFast
 
-from policies.base import FeatureSpec, Policy, PolicyConfig, PolicyOutput, register_policy
-from policies.mlp import concat_statistics, flat_observation, mlp
+from policies.base import Policy, PolicyConfig, PolicyOutput, register_policy
+from policies.mlp import flat_observation, mlp
 from policies.vla.action_tokenizer import ActionTokenizer
 from policies.vla.backbone import (
     SPECIAL_TOKENS,
     TOKENIZER_FILE,
     Prefix,
     VisionLanguagePrefix,
+    VLAStateInputs,
     VLMConfig,
     task_instructions,
     train_tokenizer,
-    vla_feature_spec,
 )
 
 
@@ -73,7 +73,7 @@ class ARVLAConfig(PolicyConfig):
 
 
 @register_policy
-class ARVLAPolicy(Policy):
+class ARVLAPolicy(VLAStateInputs, Policy):
     """SigLIP tower + projector + causal LM; a chunk of T actions as T*A bin tokens."""
 
     kind = "ar_vla"
@@ -149,23 +149,6 @@ class ARVLAPolicy(Policy):
         return super().from_pretrained(directory)
 
     # ---- inputs ------------------------------------------------------------------------------
-
-    def set_state_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Freeze the state normalisation to dataset statistics (mean, std: (state_dim,))."""
-        if mean.shape != self.state_mean.shape or std.shape != self.state_std.shape:
-            raise ValueError(
-                f"State stats of shapes {tuple(mean.shape)}, {tuple(std.shape)}; expected {tuple(self.state_mean.shape)}."
-            )
-        self.state_mean.copy_(mean)
-        self.state_std.copy_(std.clamp_min(1e-6))
-
-    def set_normalization(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Freeze dataset statistics {feature key: (mean, std)} of the `state_keys` (SFT calls this)."""
-        if self.config.state_keys:
-            self.set_state_stats(*concat_statistics(stats, tuple(self.config.state_keys)))
-
-    def feature_spec(self) -> FeatureSpec:
-        return vla_feature_spec(self.config)
 
     def normalized_state(self, obs: dict[str, Any]) -> torch.Tensor:
         """(N, state_dim) state features, normalised by the frozen statistics."""

@@ -35,6 +35,7 @@ from transformers import (
 )
 
 from policies.base import FeatureSpec
+from policies.mlp import concat_statistics
 
 TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
@@ -248,9 +249,32 @@ class VisionLanguagePrefix(nn.Module):
         self.tokenizer.backend_tokenizer.save(str(Path(directory) / TOKENIZER_FILE))
 
 
-def vla_feature_spec(config: Any) -> FeatureSpec:
-    """What a VLA config (`vlm`, `state_keys`, `state_dim`, `action_dim`, `chunk_size`) reads and
-    emits, for checking a dataset before SFT."""
-    vlm = config.vlm
-    images = {f"observation.images.{camera}": tuple(vlm.image_size) for camera in vlm.cameras}
-    return FeatureSpec(images, tuple(config.state_keys), config.state_dim, config.action_dim, config.chunk_size)
+class VLAStateInputs:
+    """What the VLA policies share about their non-image inputs: the proprioceptive state's
+    frozen statistics (buffers `state_mean`, `state_std` on the policy) and the features they
+    read, declared from the config (`vlm`, `state_keys`, `state_dim`, `action_dim`, `chunk_size`)."""
+
+    config: Any
+    state_mean: torch.Tensor
+    state_std: torch.Tensor
+
+    def set_state_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Freeze the state normalisation to dataset statistics (mean, std: (state_dim,))."""
+        if mean.shape != self.state_mean.shape or std.shape != self.state_std.shape:
+            raise ValueError(
+                f"State stats of shapes {tuple(mean.shape)}, {tuple(std.shape)}; expected {tuple(self.state_mean.shape)}."
+            )
+        self.state_mean.copy_(mean)
+        self.state_std.copy_(std.clamp_min(1e-6))
+
+    def set_normalization(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Freeze dataset statistics {feature key: (mean, std)} of the `state_keys` (SFT calls this)."""
+        if self.config.state_keys:
+            self.set_state_stats(*concat_statistics(stats, tuple(self.config.state_keys)))
+
+    def feature_spec(self) -> FeatureSpec:
+        """What this VLA reads and emits, for checking a dataset before SFT."""
+        vlm = self.config.vlm
+        images = {f"observation.images.{camera}": tuple(vlm.image_size) for camera in vlm.cameras}
+        c = self.config
+        return FeatureSpec(images, tuple(c.state_keys), c.state_dim, c.action_dim, c.chunk_size)

@@ -50,16 +50,16 @@ from transformers.models.qwen2.modeling_qwen2 import (
     Qwen2RotaryEmbedding,
 )
 
-from policies.base import FeatureSpec, Policy, PolicyConfig, PolicyOutput, register_policy
-from policies.mlp import concat_statistics, flat_observation
+from policies.base import Policy, PolicyConfig, PolicyOutput, register_policy
+from policies.mlp import flat_observation
 from policies.vla.backbone import (
     VisionLanguagePrefix,
+    VLAStateInputs,
     VLMConfig,
     language_model_config,
     load_tokenizer,
     task_instructions,
     train_tokenizer,
-    vla_feature_spec,
 )
 from policies.vla.flow_likelihood import chain_log_prob, sample_chain
 
@@ -211,7 +211,7 @@ class ActionExpert(nn.Module):
 
 
 @register_policy
-class FlowVLAPolicy(Policy):
+class FlowVLAPolicy(VLAStateInputs, Policy):
     """pi0-shaped flow-matching VLA with Flow-Noise / Flow-SDE log-probs and a value head."""
 
     kind = "flow_vla"
@@ -285,23 +285,6 @@ class FlowVLAPolicy(Policy):
         return cls(config, tokenizer=load_tokenizer(directory))
 
     # ---- inputs ------------------------------------------------------------------------------
-
-    def set_state_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Freeze the state normalisation to dataset statistics (mean, std: (state_dim,))."""
-        if mean.shape != self.state_mean.shape or std.shape != self.state_std.shape:
-            raise ValueError(
-                f"State stats of shapes {tuple(mean.shape)}, {tuple(std.shape)}; expected {tuple(self.state_mean.shape)}."
-            )
-        self.state_mean.copy_(mean)
-        self.state_std.copy_(std.clamp_min(1e-6))
-
-    def set_normalization(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Freeze dataset statistics {feature key: (mean, std)} of the `state_keys` (SFT calls this)."""
-        if self.config.state_keys:
-            self.set_state_stats(*concat_statistics(stats, tuple(self.config.state_keys)))
-
-    def feature_spec(self) -> FeatureSpec:
-        return vla_feature_spec(self.config)
 
     def normalized_state(self, obs: dict[str, Any]) -> torch.Tensor | None:
         """(N, state_dim) state features normalised by the frozen statistics, or None."""
