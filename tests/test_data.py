@@ -14,11 +14,6 @@ from embodied.runner.trainer import TrainConfig, Trainer
 from policies.base import FeatureSpec
 
 
-@pytest.fixture(autouse=True)
-def _hf_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # lerobot writes a cache when loading
-
-
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory):
     root = tmp_path_factory.mktemp("data") / "reach"

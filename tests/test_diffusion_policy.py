@@ -186,11 +186,8 @@ def test_make_policy_reads_sizes_off_the_observation():
 
 @pytest.fixture(scope="module")
 def reach_demos(tmp_path_factory):
-    import os
-
     from embodied.data.record import RecordConfig, record
 
-    os.environ.setdefault("HF_HOME", str(tmp_path_factory.mktemp("hf")))
     root = tmp_path_factory.mktemp("data") / "reach"
     record(RecordConfig(task="Reach", episodes=4, root=str(root), num_envs=4, image_size=16, cameras=("front",),
                         video=False), progress=False)
@@ -200,7 +197,6 @@ def reach_demos(tmp_path_factory):
 def test_sft_trains_it_on_recorded_demos(reach_demos, tmp_path, monkeypatch):
     from embodied.runner.trainer import TrainConfig, Trainer
 
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     cfg = load_config(TrainConfig, "configs/sft_pickcube_diffusion.yaml", [
         "env.task=Reach", f"algo.dataset={reach_demos}", f"run_dir={tmp_path / 'run'}", "algo.total_updates=4",
         "algo.updates_per_iteration=2", "algo.batch_size=16", "algo.warmup_updates=1", "eval.every=0",

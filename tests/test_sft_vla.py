@@ -42,11 +42,6 @@ TINY_FLOW = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _hf_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # lerobot writes a cache when loading
-
-
 @pytest.fixture(scope="module")
 def reach_demos(tmp_path_factory):
     root = tmp_path_factory.mktemp("data") / "reach"
