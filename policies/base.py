@@ -68,11 +68,29 @@ class FeatureSpec:
     chunk_size: int
 
 
+LOG_PROB_LEVELS = ("chunk", "action", "token")
+
+
+def reduce_log_prob(elements: torch.Tensor, level: str) -> torch.Tensor:
+    """(N, T, A) element log-probs -> (N, K) at `level`: chunk K = 1, action K = T, token K = T * A."""
+    if level == "chunk":
+        return elements.flatten(1).sum(1, keepdim=True)
+    if level == "action":
+        return elements.sum(2)
+    if level == "token":
+        return elements.flatten(1)
+    raise ValueError(f"Unknown log-prob level {level!r}; valid: {', '.join(LOG_PROB_LEVELS)}.")
+
+
 class Policy(nn.Module, abc.ABC):
     """Base class: a `config` dataclass, act/evaluate, and HF-layout save/load."""
 
     kind: ClassVar[str]
     config_class: ClassVar[type]
+    # config fields that change how actions are sampled but not the weights (temperature, noise
+    # level): a run that starts from a saved policy takes them from its own config
+    sampling_fields: ClassVar[tuple[str, ...]] = ()
+    critic_modules: ClassVar[tuple[str, ...]] = ("critic", "value_head")  # the value function's submodules
 
     def __init__(self, config: Any):
         super().__init__()
@@ -91,6 +109,31 @@ class Policy(nn.Module, abc.ABC):
         self, obs: dict[str, Any], actions: torch.Tensor, extras: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """log_prob (N,), entropy (N,), value (N,) or None of `actions` (N, T, A) at `obs`."""
+
+    def evaluate_elements(
+        self, obs: dict[str, Any], actions: torch.Tensor, extras: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Like `evaluate`, with the log-prob kept per element: (N, T, A) (one per action token
+        of an AR VLA, per action dimension of a Gaussian or a flow chain); summed, it is
+        `evaluate`'s log-prob. RL reads it for per-action and per-token credit."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has only a chunk-level log-prob; use log_prob_level: chunk."
+        )
+
+    def evaluate_at(
+        self, obs: dict[str, Any], actions: torch.Tensor, extras: dict[str, torch.Tensor], level: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """log-prob at `level` ("chunk": (N, 1), "action": (N, T), "token": (N, T * A)),
+        entropy (N,) and value (N,) or None."""
+        if level == "chunk":
+            log_prob, entropy, value = self.evaluate(obs, actions, extras)
+            return log_prob[:, None], entropy, value
+        elements, entropy, value = self.evaluate_elements(obs, actions, extras)
+        return reduce_log_prob(elements, level), entropy, value
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """The parameters only the value function uses (what a critic warm-up trains)."""
+        return [p for name, p in self.named_parameters() if name.split(".")[0] in self.critic_modules]
 
     def feature_spec(self) -> FeatureSpec:
         """The observation features this policy reads and the actions it emits."""
@@ -126,8 +169,9 @@ class Policy(nn.Module, abc.ABC):
         return cls(config)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> Policy:
-        """Load a policy saved by `save_pretrained` (any registered kind when called on Policy)."""
+    def from_pretrained(cls, directory: str | Path, overrides: dict[str, Any] | None = None) -> Policy:
+        """Load a policy saved by `save_pretrained` (any registered kind when called on Policy);
+        `overrides` replaces config fields (only the `sampling_fields` are safe to change)."""
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():
@@ -139,7 +183,10 @@ class Policy(nn.Module, abc.ABC):
         policy_cls = POLICIES[kind]
         from embodied.config import from_dict
 
-        policy = policy_cls.build_for_folder(from_dict(policy_cls.config_class, raw), directory)
+        config = from_dict(policy_cls.config_class, raw)
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+        policy = policy_cls.build_for_folder(config, directory)
         weights = directory / "model.safetensors"
         if not weights.is_file():
             raise FileNotFoundError(f"No model.safetensors in {str(directory)!r}: the policy's weights are missing.")

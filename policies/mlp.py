@@ -87,10 +87,14 @@ class GaussianActorCritic(Policy):
         return PolicyOutput(action=action, log_prob=log_prob, value=self.critic(x)[:, 0])
 
     def evaluate(self, obs, actions, extras):
+        elements, entropy, value = self.evaluate_elements(obs, actions, extras)
+        return elements.flatten(1).sum(1), entropy, value
+
+    def evaluate_elements(self, obs, actions, extras):
         x = self.features(obs)
         dist = self.distribution(x)
         flat = actions.reshape(x.shape[0], -1)
-        return dist.log_prob(flat).sum(-1), dist.entropy().sum(-1), self.critic(x)[:, 0]
+        return dist.log_prob(flat).view(actions.shape), dist.entropy().sum(-1), self.critic(x)[:, 0]
 
     def supervised_loss(self, obs: dict[str, Any], actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Behaviour cloning: mean squared error of the Gaussian's mean against the demo chunk."""

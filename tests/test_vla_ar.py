@@ -108,11 +108,11 @@ def test_recorded_log_prob_equals_recomputation(rgb_obs, temperature):
     assert (log_prob - out.log_prob).abs().max() <= 1e-4
     assert (value - out.value).abs().max() <= 1e-5
     assert entropy.shape == (4,) and (entropy > 0).all()
-    per_token = policy.token_log_probs(rgb_obs, out.action, out.extras)
+    per_token, _, _ = policy.evaluate_elements(rgb_obs, out.action, out.extras)
     assert per_token.shape == (4, 2, 7)
     assert (per_token.flatten(1) - out.extras["token_log_prob"]).abs().max() <= 1e-4
     torch.testing.assert_close(
-        policy.action_log_probs(rgb_obs, out.action, out.extras), per_token.sum(-1)
+        policy.evaluate_at(rgb_obs, out.action, out.extras, "action")[0], per_token.sum(-1)
     )
     # Bin-centre actions re-tokenise to the sampled tokens (no extras needed).
     assert (policy.evaluate(rgb_obs, out.action, {})[0] - out.log_prob).abs().max() <= 1e-4

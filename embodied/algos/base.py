@@ -82,6 +82,29 @@ class Algorithm(abc.ABC):
         self.generator.set_state(state["generator"])
 
 
+@torch.no_grad()
+def recompute_log_probs(policy, batch: dict[str, Any], level: str, size: int) -> torch.Tensor:
+    """(B, K) log-probs at `level` of a flattened batch's actions under the current (behaviour)
+    policy, in minibatches of `size`: the old log-probs of a per-action or per-token update."""
+    from embodied.runner.rollout import select_obs
+
+    total = batch["actions"].shape[0]
+    parts = []
+    for start in range(0, total, size):
+        idx = torch.arange(start, min(start + size, total))
+        extras = {k: v[idx] for k, v in batch["extras"].items()}
+        parts.append(policy.evaluate_at(select_obs(batch["obs"], idx), batch["actions"][idx], extras, level)[0])
+    return torch.cat(parts)
+
+
+def old_log_probs(policy, batch: dict[str, Any], level: str, size: int) -> torch.Tensor:
+    """(B, K) behaviour log-probs: the act-time chunk log-probs (B,) -> (B, 1) at chunk level,
+    recomputed per action or per token otherwise."""
+    if level == "chunk":
+        return batch["log_probs"][:, None]
+    return recompute_log_probs(policy, batch, level, size)
+
+
 def minibatches(total: int, size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     """Shuffled index minibatches of `size` covering range(total) (the last one may be short)."""
     order = torch.randperm(total, generator=generator)

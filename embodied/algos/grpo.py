@@ -15,7 +15,9 @@ One iteration, top to bottom:
      dropped; new groups are sampled until `min_groups` mixed groups are kept (or
      `max_sample_rounds` rounds were tried);
   4. L = -mean_valid(min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A)), no critic,
-     no KL term by default.
+     no KL term by default; the ratio is per chunk, per action or per token (`log_prob_level`),
+     each carrying its decision's advantage. Sampling temperature / noise level are the
+     policy's (`policy.temperature=...`, `policy.noise_level=...`).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from typing import Any
 
 import torch
 
-from embodied.algos.base import AlgoConfig, Algorithm, minibatches, register_algo
-from embodied.runner.rollout import tensor_obs
+from embodied.algos.base import AlgoConfig, Algorithm, minibatches, old_log_probs, register_algo
+from embodied.runner.rollout import concat_obs, gather_obs, select_obs, stack_obs
+from policies.base import LOG_PROB_LEVELS
 
 OUTCOMES = ("success", "return", "reward_to_go")
 
@@ -47,6 +50,7 @@ class GRPOConfig(AlgoConfig):
     min_groups: int = 0  # mixed groups to collect per iteration; 0: num_envs // group_size // 2
     max_sample_rounds: int = 4
     gamma: float = 1.0  # discount of the "reward_to_go" outcome
+    log_prob_level: str = "chunk"  # "chunk", "action" or "token": the unit of the ratio
 
 
 def group_advantages(outcomes: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
@@ -90,10 +94,12 @@ def mixed_groups(outcomes: torch.Tensor, group_size: int) -> torch.Tensor:
 def grpo_loss(
     new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, cfg: GRPOConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clip-higher surrogate over the valid steps of a minibatch; inputs (B,)."""
-    log_ratio = new_log_prob - old_log_prob
+    """Clip-higher surrogate over the valid steps of a minibatch; log-probs (B, K) (one ratio
+    per chunk, action or token), advantages (B,)."""
+    log_ratio = (new_log_prob - old_log_prob).reshape(advantages.shape[0], -1)  # (B,) -> (B, 1)
     ratio = log_ratio.exp()
     clipped = ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high)
+    advantages = advantages[:, None]
     loss = -torch.min(ratio * advantages, clipped * advantages).mean()
     with torch.no_grad():
         stats = {
@@ -112,6 +118,8 @@ class GRPO(Algorithm):
         super().__init__(policy, cfg)
         if cfg.outcome not in OUTCOMES:
             raise ValueError(f"GRPO outcome {cfg.outcome!r} is not one of {', '.join(OUTCOMES)}.")
+        if cfg.log_prob_level not in LOG_PROB_LEVELS:
+            raise ValueError(f"algo.log_prob_level {cfg.log_prob_level!r} is not one of {', '.join(LOG_PROB_LEVELS)}.")
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
 
     @torch.no_grad()
@@ -133,8 +141,9 @@ class GRPO(Algorithm):
         steps: dict[str, list] = {"obs": [], "actions": [], "log_probs": [], "extras": [], "valid": [], "rewards": []}
         env_steps = 0
         while alive.any():
+            self.policy.observe(obs)
             out = self.policy.act(obs)
-            steps["obs"].append(tensor_obs(obs))
+            steps["obs"].append(obs)
             steps["actions"].append(out.action)
             steps["log_probs"].append(out.log_prob)
             steps["extras"].append(out.extras)
@@ -153,7 +162,7 @@ class GRPO(Algorithm):
             returns += decision_reward
         outcomes = succeeded.float() if cfg.outcome == "success" else returns
         return {
-            "obs": {k: torch.stack([o[k] for o in steps["obs"]]) for k in steps["obs"][0]},
+            "obs": stack_obs(steps["obs"]),
             "actions": torch.stack(steps["actions"]),
             "log_probs": torch.stack(steps["log_probs"]),
             "extras": {k: torch.stack([e[k] for e in steps["extras"]]) for k in steps["extras"][0]},
@@ -187,7 +196,7 @@ class GRPO(Algorithm):
             valid = valid & keep_env[None]
             index = valid.nonzero(as_tuple=True)  # (step, env) pairs of valid, kept steps
             kept.append({
-                "obs": {k: v[index] for k, v in episodes["obs"].items()},
+                "obs": gather_obs(episodes["obs"], index),
                 "actions": episodes["actions"][index],
                 "log_probs": episodes["log_probs"][index],
                 "extras": {k: v[index] for k, v in episodes["extras"].items()},
@@ -195,7 +204,7 @@ class GRPO(Algorithm):
             })
             obs = episodes["obs_after"]
         batch = {
-            "obs": {k: torch.cat([b["obs"][k] for b in kept]) for k in kept[0]["obs"]},
+            "obs": concat_obs([b["obs"] for b in kept]),
             "actions": torch.cat([b["actions"] for b in kept]),
             "log_probs": torch.cat([b["log_probs"] for b in kept]),
             "extras": {k: torch.cat([b["extras"][k] for b in kept]) for k in kept[0]["extras"]},
@@ -204,6 +213,13 @@ class GRPO(Algorithm):
             "stats": {"mixed_group_fraction": kept_groups / max(groups_seen, 1), "sample_rounds": rounds},
         }
         return batch, obs, torch.zeros(env.num_envs, device=env.device)
+
+    def prepare(self, rollout: dict[str, Any], next_value: torch.Tensor) -> dict[str, Any]:
+        """The behaviour log-probs at the configured level (recomputed below chunk level)."""
+        size = max(1, rollout["actions"].shape[0] // self.cfg.num_minibatches)
+        if rollout["actions"].shape[0] == 0:
+            return rollout
+        return dict(rollout, log_probs=old_log_probs(self.policy, rollout, self.cfg.log_prob_level, size))
 
     def update(self, batch: dict[str, Any], iteration: int) -> dict[str, float]:
         cfg = self.cfg
@@ -217,9 +233,9 @@ class GRPO(Algorithm):
         count = 0
         for _ in range(cfg.update_epochs):
             for idx in minibatches(total, size, self.generator):
-                obs = {k: v[idx] for k, v in batch["obs"].items()}
+                obs = select_obs(batch["obs"], idx)
                 extras = {k: v[idx] for k, v in batch["extras"].items()}
-                log_prob, entropy, _ = self.policy.evaluate(obs, batch["actions"][idx], extras)
+                log_prob, entropy, _ = self.policy.evaluate_at(obs, batch["actions"][idx], extras, cfg.log_prob_level)
                 loss, stats = grpo_loss(log_prob, batch["log_probs"][idx], batch["advantages"][idx], cfg)
                 self.check_finite(loss, stats, iteration)
                 self.optimizer.zero_grad(set_to_none=True)

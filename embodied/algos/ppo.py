@@ -4,13 +4,18 @@ One update, top to bottom:
   1. advantages by GAE(gamma, lambda) over the rollout (`compute_gae`); truncated episodes
      were already bootstrapped by the runner: r_t += gamma * V(s_final)
   2. for `update_epochs` epochs over shuffled minibatches:
-       ratio   = exp(log pi(a|s) - log pi_old(a|s))
+       ratio   = exp(log pi(a|s) - log pi_old(a|s))    per chunk, per action or per token
+                                                      (`log_prob_level`; A_t is shared by all
+                                                      of a decision's actions/tokens)
        L_clip  = -mean(min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A))
        L_value = 0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2))
        L       = L_clip + vf_coef * L_value - ent_coef * entropy
      with advantage normalisation per minibatch and gradient-norm clipping;
   3. KL control: stop the epochs early when the approximate KL exceeds `target_kl`, or adapt
      the learning rate towards `desired_kl` (rsl_rl's schedule).
+  4. critic warm-up: for the first `critic_warmup_iterations` only the critic learns (L_value
+     on the critic's own parameters), so a pretrained actor is not pushed around by the
+     advantages of an untrained value function.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from embodied.algos.base import (
     AlgoConfig,
     Algorithm,
     minibatches,
+    old_log_probs,
     register_algo,
 )
 from embodied.runner.rollout import select_obs
+from policies.base import LOG_PROB_LEVELS
 
 
 @dataclasses.dataclass
@@ -48,6 +55,8 @@ class PPOConfig(AlgoConfig):
     target_kl: float | None = None  # stop the epochs when approx KL exceeds this
     desired_kl: float | None = None  # adapt the lr towards this KL (rsl_rl), None: fixed lr
     anneal_lr: bool = False
+    log_prob_level: str = "chunk"  # "chunk", "action" or "token": the unit of the ratio
+    critic_warmup_iterations: int = 0  # iterations that train only the critic
 
 
 def compute_gae(
@@ -75,13 +84,15 @@ def compute_gae(
 def ppo_loss(
     new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
     new_value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor, entropy: torch.Tensor,
-    cfg: PPOConfig,
+    cfg: PPOConfig, critic_only: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The clipped PPO objective for one minibatch; every input is (B,)."""
-    log_ratio = new_log_prob - old_log_prob
+    """The clipped PPO objective for one minibatch. Log-probs are (B, K) (K = 1, T or T * A:
+    one ratio per chunk, action or token, each with its decision's advantage); the rest (B,)."""
+    log_ratio = (new_log_prob - old_log_prob).reshape(advantages.shape[0], -1)  # (B,) -> (B, 1)
     ratio = log_ratio.exp()
     if cfg.norm_adv and advantages.numel() > 1:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    advantages = advantages[:, None]
     policy_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
     if cfg.clip_value:
         clipped = old_value + (new_value - old_value).clamp(-cfg.clip_coef, cfg.clip_coef)
@@ -90,6 +101,8 @@ def ppo_loss(
         value_loss = 0.5 * ((new_value - returns) ** 2).mean()
     entropy_mean = entropy.mean()
     loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean
+    if critic_only:
+        loss = cfg.vf_coef * value_loss
     with torch.no_grad():
         approx_kl = ((ratio - 1) - log_ratio).mean()  # k3 estimator (Schulman)
         clip_frac = ((ratio - 1).abs() > cfg.clip_coef).float().mean()
@@ -106,6 +119,8 @@ class PPO(Algorithm):
 
     def __init__(self, policy, cfg: PPOConfig):
         super().__init__(policy, cfg)
+        if cfg.log_prob_level not in LOG_PROB_LEVELS:
+            raise ValueError(f"algo.log_prob_level {cfg.log_prob_level!r} is not one of {', '.join(LOG_PROB_LEVELS)}.")
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
 
     def prepare(self, rollout: dict[str, Any], next_value: torch.Tensor) -> dict[str, Any]:
@@ -117,6 +132,8 @@ class PPO(Algorithm):
         rollout = dict(rollout, advantages=advantages, returns=returns)
         batch = flatten_time(rollout)
         batch["env_steps"] = rollout["rewards"].numel() * rollout["actions"].shape[2]
+        size = max(1, batch["actions"].shape[0] // cfg.num_minibatches)
+        batch["log_probs"] = old_log_probs(self.policy, batch, cfg.log_prob_level, size)
         return batch
 
     def update(self, batch: dict[str, Any], iteration: int) -> dict[str, float]:
@@ -127,19 +144,25 @@ class PPO(Algorithm):
         count = 0
         stop = False
         epochs = 0
+        critic_only = iteration < cfg.critic_warmup_iterations
+        critic = set(self.policy.critic_parameters()) if critic_only else set()
         for _ in range(cfg.update_epochs):
             epochs += 1
             for idx in minibatches(total, size, self.generator):
                 obs = select_obs(batch["obs"], idx)
                 extras = {k: v[idx] for k, v in batch["extras"].items()}
-                log_prob, entropy, value = self.policy.evaluate(obs, batch["actions"][idx], extras)
+                log_prob, entropy, value = self.policy.evaluate_at(obs, batch["actions"][idx], extras, cfg.log_prob_level)
                 loss, stats = ppo_loss(
                     log_prob, batch["log_probs"][idx], batch["advantages"][idx], value,
-                    batch["values"][idx], batch["returns"][idx], entropy, cfg,
+                    batch["values"][idx], batch["returns"][idx], entropy, cfg, critic_only,
                 )
                 self.check_finite(loss, stats, iteration)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if critic_only:  # Adam skips parameters without a gradient
+                    for p in self.policy.parameters():
+                        if p not in critic:
+                            p.grad = None
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 for k, v in stats.items():
@@ -156,6 +179,7 @@ class PPO(Algorithm):
                 break
         metrics = {k: v / max(count, 1) for k, v in sums.items()}
         metrics["epochs"] = epochs
+        metrics["critic_warmup"] = float(critic_only)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         with torch.no_grad():
             residual = batch["returns"] - batch["values"]

@@ -33,6 +33,24 @@ def stack_obs(observations: list[Obs]) -> dict[str, Any]:
     return stacked
 
 
+def gather_obs(obs: dict[str, Any], index: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+    """The (step, env) pairs `index` of a stacked (S, N, ...) observation, flattened to (B, ...)
+    with the instructions as a (B,) object array (what `select_obs` reads)."""
+    rows: dict[str, Any] = {k: v[index] for k, v in obs.items() if isinstance(v, torch.Tensor)}
+    if "task" in obs:
+        rows["task"] = obs["task"][index[0].cpu().numpy(), index[1].cpu().numpy()]
+    return rows
+
+
+def concat_obs(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenate flattened observation batches (tensors and instruction arrays)."""
+    return {
+        k: torch.cat([b[k] for b in batches]) if isinstance(batches[0][k], torch.Tensor)
+        else np.concatenate([b[k] for b in batches])
+        for k in batches[0]
+    }
+
+
 def select_obs(obs: dict[str, Any], index: torch.Tensor) -> Obs:
     """Rows `index` of a flattened observation batch; instructions come back as a list."""
     rows: Obs = {k: v[index] for k, v in obs.items() if isinstance(v, torch.Tensor)}

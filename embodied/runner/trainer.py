@@ -21,7 +21,7 @@ from embodied.runner.checkpoint import latest_checkpoint, save_checkpoint
 from embodied.runner.logger import LogConfig, Logger
 from embodied.runner.rollout import EpisodeTracker
 from policies import MLPPolicyConfig, make_policy
-from policies.base import Policy, PolicyConfig
+from policies.base import POLICIES, Policy, PolicyConfig
 from sims.core import EnvConfig
 
 
@@ -105,9 +105,12 @@ class Trainer:
         path = Path(cfg.init_from)
         if (path / "checkpoints").is_dir():
             path = latest_checkpoint(path) / "policy"
-        policy = Policy.from_pretrained(path)
-        if policy.kind != cfg.policy.kind:
-            raise ValueError(f"init_from {cfg.init_from} holds a {policy.kind!r} policy; this config asks for {cfg.policy.kind!r}.")
+        saved_kind = json.loads((path / "config.json").read_text()).get("kind") if (path / "config.json").is_file() else None
+        if saved_kind is not None and saved_kind != cfg.policy.kind:
+            raise ValueError(f"init_from {cfg.init_from} holds a {saved_kind!r} policy; this config asks for {cfg.policy.kind!r}.")
+        # the architecture comes from the saved policy; how it samples (temperature, noise) from this config
+        sampling = {f: getattr(cfg.policy, f) for f in POLICIES[cfg.policy.kind].sampling_fields}
+        policy = Policy.from_pretrained(path, overrides=sampling)
         if policy.chunk_size and getattr(policy.config, "action_dim", self.env.action_dim) != self.env.action_dim:
             raise ValueError(f"init_from {cfg.init_from} emits {policy.config.action_dim}-dim actions; the env takes {self.env.action_dim}.")
         return policy

@@ -10,8 +10,8 @@ convention: `action_tokenizer.py`). Decoding samples only among those ids, at `t
 
     pi(a_k | prefix, a_<k) = softmax(W_act h_k / temperature)      W_act: the lm_head rows of the 256 ids
 
-and the log-prob of a chunk is the sum of its T*A token log-probs (per-action log-probs, the
-sum over A, are `action_log_probs`). The value head reads h_0, the last hidden state before
+and the log-prob of a chunk is the sum of its T*A token log-probs (`evaluate_elements` keeps
+them per token, (N, T, A), for per-token and per-action credit in RL). The value head reads h_0, the last hidden state before
 the action tokens (the one that predicts the first of them).
 
 `act` builds the prefix once, pre-fills the LM's key/value cache with it, and emits exactly
@@ -78,6 +78,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
 
     kind = "ar_vla"
     config_class = ARVLAConfig
+    sampling_fields = ("temperature",)
 
     def __init__(self, config: ARVLAConfig, tokenizer: PreTrainedTokenizerFast | None = None):
         super().__init__(config)
@@ -461,7 +462,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         )
         return x + mlp_.down_proj(mlp_.act_fn(mlp_.gate_proj(h)) * mlp_.up_proj(h))
 
-    # ---- recomputation, per-action log-probs, SFT ------------------------------------------
+    # ---- recomputation, per-token log-probs, SFT ------------------------------------------
 
     def _tokens(
         self, actions: torch.Tensor, extras: dict[str, torch.Tensor] | None
@@ -501,6 +502,12 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         return self.action_logits(hidden), hidden[:, 0]
 
     def evaluate(self, obs, actions, extras):
+        elements, entropy, value = self.evaluate_elements(obs, actions, extras)
+        return elements.flatten(1).sum(1), entropy, value
+
+    def evaluate_elements(self, obs, actions, extras):
+        """Per-token log-probs (N, T, A) (tempered, restricted to the action ids), the summed
+        token entropy (N,) and the value (N,)."""
         tokens = self._tokens(actions, extras)
         logits, first_hidden = self.teacher_forced(obs, tokens)
         log_probs = torch.log_softmax(logits.float() / self.config.temperature, dim=-1)
@@ -508,31 +515,8 @@ class ARVLAPolicy(VLAStateInputs, Policy):
             ..., 0
         ]
         entropy = -(log_probs.exp() * log_probs).sum(-1)
-        return token_log_prob.sum(-1), entropy.sum(-1), self.value_head(first_hidden)[:, 0]
-
-    def token_log_probs(
-        self,
-        obs: dict[str, Any],
-        actions: torch.Tensor,
-        extras: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """(N, T, A) log-probs of each action token (tempered, restricted), for per-token credit."""
-        tokens = self._tokens(actions, extras)
-        logits, _ = self.teacher_forced(obs, tokens)
-        log_probs = torch.log_softmax(logits.float() / self.config.temperature, dim=-1)
-        token_log_prob = log_probs.gather(-1, self.action_tokenizer.index(tokens)[..., None])[
-            ..., 0
-        ]
-        return token_log_prob.view(tokens.shape[0], self.config.chunk_size, self.config.action_dim)
-
-    def action_log_probs(
-        self,
-        obs: dict[str, Any],
-        actions: torch.Tensor,
-        extras: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """(N, T) log-prob of each action of the chunk (the sum over its A tokens)."""
-        return self.token_log_probs(obs, actions, extras).sum(-1)
+        elements = token_log_prob.view(tokens.shape[0], self.config.chunk_size, self.config.action_dim)
+        return elements, entropy.sum(-1), self.value_head(first_hidden)[:, 0]
 
     def value(self, obs: dict[str, Any]) -> torch.Tensor:
         prefix = self.prefix(obs)

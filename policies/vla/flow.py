@@ -216,6 +216,7 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
 
     kind = "flow_vla"
     config_class = FlowVLAConfig
+    sampling_fields = ("stochastic_steps", "noise_level")
 
     def __init__(self, config: FlowVLAConfig, tokenizer: PreTrainedTokenizerFast | None = None):
         super().__init__(config)
@@ -379,6 +380,12 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
         )
 
     def evaluate(self, obs, actions, extras):
+        elements, entropy, value = self.evaluate_elements(obs, actions, extras)
+        return elements.flatten(1).sum(1), entropy, value
+
+    def evaluate_elements(self, obs, actions, extras):
+        """The chain's log-prob per action element (N, T, A) (summed over the stochastic
+        steps), its entropy (N,) and the value (N,)."""
         self.check_chunk(actions)
         if "chain" not in extras:
             raise KeyError(
@@ -396,7 +403,7 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
                 f"extras['chain'] has shape {tuple(chain.shape)}; expected (N, K+1, T, A) = {expected}."
             )
         prefix = self.encode_prefix(obs)
-        log_prob, entropy = chain_log_prob(
+        elements, entropy = chain_log_prob(
             partial(self.velocity_field, prefix),
             chain,
             self.config.num_steps,
@@ -404,7 +411,7 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
             self.config.likelihood,
             self.config.noise_level,
         )
-        return log_prob, entropy, self.value_head(prefix.features)[:, 0]
+        return elements, entropy, self.value_head(prefix.features)[:, 0]
 
     def value(self, obs: dict[str, Any]) -> torch.Tensor:
         """(N,) state value of an observation batch."""

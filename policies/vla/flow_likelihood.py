@@ -151,15 +151,15 @@ def chain_log_prob(
     likelihood: str,
     noise_level: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Recompute the log-prob (B,) and entropy (B,) of a stored chain (B, K+1, ...).
+    """Recompute the log-prob of a stored chain (B, K+1, ...) per element (B, ...) (summed over
+    the stochastic steps; its total over elements is the chain's log-prob) and the entropy (B,).
 
     All stochastic steps go through `field` as one batch of B * |stochastic| inputs; the
     deterministic steps are not recomputed (they carry no log-prob).
     """
     batch = chain.shape[0]
-    zeros = torch.zeros(batch, device=chain.device)
     if not stochastic:
-        return zeros, zeros
+        return torch.zeros_like(chain[:, 0]), torch.zeros(batch, device=chain.device)
     steps = torch.tensor(sorted(stochastic), device=chain.device)
     grid = time_grid(num_steps, chain.device)
     x = chain[:, steps].flatten(0, 1)  # (B * S, ...), env-major
@@ -170,6 +170,8 @@ def chain_log_prob(
     mean, std = step_distribution(
         likelihood, x, velocity, learned_std, t, dt, num_steps, noise_level
     )
-    log_prob = gaussian_log_prob(x_next, mean, std).view(batch, -1).sum(1)
+    z = (x_next - mean) / std
+    elements = -0.5 * z.square() - std.log() - LOG_SQRT_2PI  # (B * S, ...)
+    log_prob = elements.view(batch, len(steps), *chain.shape[2:]).sum(1)
     entropy = gaussian_entropy(std).view(batch, -1).sum(1)
     return log_prob, entropy
