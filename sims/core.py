@@ -86,6 +86,7 @@ class EnvConfig:
     terminate_on_success: bool = True
     num_threads: int = 0  # physics threads; 0: one per core
     seed: int = 0
+    first_env_index: int = 0  # this batch's envs are envs first_env_index.. of a larger one (seeds [seed, index])
     render: RenderSettings = dataclasses.field(default_factory=RenderSettings)
     randomization: RandomizationConfig = dataclasses.field(default_factory=RandomizationConfig)
 
@@ -111,8 +112,9 @@ class BatchedEnv(abc.ABC):
     def reset(self, seed: int | None = None, env_ids: torch.Tensor | None = None) -> Obs:
         """Reset all envs (or `env_ids`) to fresh initial states; return the full batch's obs.
 
-        With `seed`, env i's generator is reseeded from (seed, i): the same seed gives the
-        same initial states whatever N is."""
+        With `seed`, env i's generator is reseeded from (seed, cfg.first_env_index + i): the
+        same seed gives the same initial states whatever N is, and a batch split in parts
+        (pipeline stages, env workers) draws what the whole batch would."""
 
     @abc.abstractmethod
     def step(self, action: torch.Tensor) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict]:

@@ -5,6 +5,11 @@ reward is the sum of the chunk's rewards up to the first episode end (rewards af
 belong to the next episode and are dropped). A truncated (not terminated) episode is
 bootstrapped from its final observation: r += gamma * V(s_final), so GAE can treat every
 episode end alike.
+
+A decision is two halves: the policy's inference (`policy.act`, main thread) and the chunk's
+physics and rendering (`run_chunk`). With a `StagedEnv` the second half of one stage can run
+on the stage's thread while the policy decides for the next stage (`rollout.mode: pipelined`,
+RLinf's hybrid pipeline on one machine).
 """
 
 from __future__ import annotations
@@ -78,18 +83,21 @@ class EpisodeTracker:
         self.succeeded = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         self.finished: list[dict[str, float]] = []
 
-    def step(self, reward: torch.Tensor, done: torch.Tensor, success: torch.Tensor) -> None:
-        self.returns += reward
-        self.lengths += 1
-        self.succeeded |= success
+    def step(self, reward: torch.Tensor, done: torch.Tensor, success: torch.Tensor, rows: slice = slice(None)) -> None:
+        """One env step of the envs `rows` (all by default)."""
+        returns, lengths, succeeded = self.returns[rows], self.lengths[rows], self.succeeded[rows]  # views
+        returns += reward
+        lengths += 1
+        succeeded |= success
+        first = rows.start or 0
         for i in done.nonzero()[:, 0].tolist():
             self.finished.append({
-                "return": float(self.returns[i]), "length": int(self.lengths[i]), "success": float(self.succeeded[i]),
-                "source": self.sources[i] if self.sources else "",
+                "return": float(returns[i]), "length": int(lengths[i]), "success": float(succeeded[i]),
+                "source": self.sources[first + i] if self.sources else "",
             })
-        self.returns[done] = 0.0
-        self.lengths[done] = 0
-        self.succeeded[done] = False
+        returns[done] = 0.0
+        lengths[done] = 0
+        succeeded[done] = False
 
     def pop(self) -> list[dict[str, float]]:
         finished, self.finished = self.finished, []
@@ -104,53 +112,119 @@ class EpisodeTracker:
         self.succeeded.copy_(state["succeeded"])
 
 
+def run_chunk(env: BatchedEnv, actions: torch.Tensor) -> list[tuple]:
+    """Execute a chunk of actions (N, T, A) step by step; the raw step results, in order. (The
+    physics/rendering half of a decision: a pipeline stage runs it on the stage's thread.)"""
+    return [env.step(actions[:, t]) for t in range(actions.shape[1])]
+
+
+def account_chunk(
+    steps: list[tuple], policy: Policy, value: torch.Tensor | None, gamma: float, tracker: EpisodeTracker,
+    rows: slice,
+) -> tuple[Obs, torch.Tensor, torch.Tensor]:
+    """A chunk's decision reward (summed up to the first episode end, a truncated episode
+    bootstrapped with gamma * V(final obs)) and done flag, and the obs after it; the finished
+    episodes go to `tracker` (rows: where these envs sit in the tracker's batch)."""
+    n = steps[0][1].shape[0]
+    device = steps[0][1].device
+    reward_sum = torch.zeros(n, device=device)
+    ended = torch.zeros(n, dtype=torch.bool, device=device)
+    for _, reward, terminated, truncated, info in steps:
+        live = ~ended
+        done = (terminated | truncated) & live
+        timeout = truncated & ~terminated & live
+        bootstrap = torch.zeros(n, device=device)
+        if timeout.any() and value is not None:
+            bootstrap[timeout] = gamma * policy.value(info["final_observation"])[timeout]
+        reward_sum += torch.where(live, reward, 0.0) + bootstrap
+        tracker.step(reward, terminated | truncated, info["success"], rows)
+        ended |= done
+    return steps[-1][0], reward_sum, ended
+
+
 @torch.no_grad()
 def collect_rollout(
     env: BatchedEnv, policy: Policy, obs: Obs, num_steps: int, gamma: float, tracker: EpisodeTracker,
-    update_normalizer: bool = True,
+    update_normalizer: bool = True, pipelined: bool | None = None,
 ) -> tuple[dict[str, Any], Obs, torch.Tensor]:
     """Run `num_steps` decisions in every env.
+
+    A `StagedEnv` is worked stage by stage: the policy decides for stage 0, the stage's chunk
+    runs on its thread, the policy decides for stage 1, ... With `pipelined`, a stage's chunk
+    runs while the policy decides for the next stages (inference overlaps physics and
+    rendering); without, each chunk finishes before the next decision. The order of every
+    computation that draws random numbers or updates statistics is the same in both modes, so
+    they give identical rollouts. A plain env is one stage.
 
     Returns the rollout {obs: {key: (S, N, ...)}, actions (S, N, T, A), log_probs, values,
     rewards, dones (S, N), extras}, the observation after the last step, and the value of it (N,).
     """
-    n = env.num_envs
-    store: dict[str, list] = {"obs": [], "actions": [], "log_probs": [], "values": [], "rewards": [], "dones": [], "extras": []}
+    stages = getattr(env, "stages", [env])
+    size = env.num_envs // len(stages)
+    rows = [slice(s * size, (s + 1) * size) for s in range(len(stages))]
+    if pipelined is None:
+        pipelined = getattr(env, "pipelined", False)
+    submit = getattr(env, "submit", None) if pipelined else None
+    stage_obs = [select_rows(obs, r) for r in rows]
+    pending: list[Any] = [None] * len(stages)  # per stage: (future or step results, its decision)
+    decisions: list[list] = []  # per step: per stage (obs, PolicyOutput)
+    results: list[list] = [[] for _ in stages]  # per stage: per step (reward, done)
+
+    def finish(s: int) -> None:
+        work, out = pending[s]
+        steps = work.result() if submit is not None else work
+        stage_obs[s], reward, done = account_chunk(steps, policy, out.value, gamma, tracker, rows[s])
+        results[s].append((reward, done))
+
     for _ in range(num_steps):
-        if update_normalizer:
-            policy.observe(obs)
-        out = policy.act(obs)
-        store["obs"].append(obs)
-        store["actions"].append(out.action)
-        store["log_probs"].append(out.log_prob)
-        store["values"].append(out.value if out.value is not None else torch.zeros(n, device=env.device))
-        store["extras"].append(out.extras)
-        reward_sum = torch.zeros(n, device=env.device)
-        ended = torch.zeros(n, dtype=torch.bool, device=env.device)
-        for t in range(out.action.shape[1]):
-            obs, reward, terminated, truncated, info = env.step(out.action[:, t])
-            live = ~ended
-            done = (terminated | truncated) & live
-            timeout = truncated & ~terminated & live
-            bootstrap = torch.zeros(n, device=env.device)
-            if timeout.any() and out.value is not None:
-                bootstrap[timeout] = gamma * policy.value(info["final_observation"])[timeout]
-            reward_sum += torch.where(live, reward, 0.0) + bootstrap
-            tracker.step(reward, terminated | truncated, info["success"])
-            ended |= done
-        store["rewards"].append(reward_sum)
-        store["dones"].append(ended)
-    next_value = _value(policy, obs, n, env.device)
+        outputs = []
+        for s, stage in enumerate(stages):
+            if pending[s] is not None:
+                finish(s)
+            if update_normalizer:
+                policy.observe(stage_obs[s])
+            out = policy.act(stage_obs[s])
+            outputs.append((stage_obs[s], out))
+            pending[s] = (submit(s, run_chunk, out.action) if submit is not None else run_chunk(stage, out.action), out)
+        decisions.append(outputs)
+    for s in range(len(stages)):
+        finish(s)
+
+    def step_cat(step: list, get) -> torch.Tensor:
+        return torch.cat([get(o) for o in step])
+
+    obs_steps = [concat_observations([o for o, _ in step]) for step in decisions]
+    outs = [[out for _, out in step] for step in decisions]
     rollout = {
-        "obs": stack_obs(store["obs"]),
-        "actions": torch.stack(store["actions"]),
-        "log_probs": torch.stack(store["log_probs"]),
-        "values": torch.stack(store["values"]),
-        "rewards": torch.stack(store["rewards"]),
-        "dones": torch.stack(store["dones"]),
-        "extras": {k: torch.stack([e[k] for e in store["extras"]]) for k in store["extras"][0]},
+        "obs": stack_obs(obs_steps),
+        "actions": torch.stack([step_cat(step, lambda o: o.action) for step in outs]),
+        "log_probs": torch.stack([step_cat(step, lambda o: o.log_prob) for step in outs]),
+        "values": torch.stack([
+            step_cat(step, lambda o: o.value if o.value is not None else torch.zeros(o.action.shape[0], device=env.device))
+            for step in outs
+        ]),
+        "rewards": torch.stack([torch.cat([results[s][k][0] for s in range(len(stages))]) for k in range(num_steps)]),
+        "dones": torch.stack([torch.cat([results[s][k][1] for s in range(len(stages))]) for k in range(num_steps)]),
+        "extras": {
+            key: torch.stack([step_cat(step, lambda o, key=key: o.extras[key]) for step in outs])
+            for key in outs[0][0].extras
+        },
     }
-    return rollout, obs, next_value
+    next_value = torch.cat([_value(policy, o, size, env.device) for o in stage_obs])
+    return rollout, concat_observations(stage_obs), next_value
+
+
+def select_rows(obs: Obs, rows: slice) -> Obs:
+    """Envs `rows` of an observation batch."""
+    return {k: v[rows] for k, v in obs.items()}
+
+
+def concat_observations(parts: list[Obs]) -> Obs:
+    """Observation batches of consecutive env slices -> one batch."""
+    if len(parts) == 1:
+        return parts[0]
+    return {k: torch.cat([p[k] for p in parts]) if isinstance(parts[0][k], torch.Tensor) else [x for p in parts for x in p[k]]
+            for k in parts[0]}
 
 
 def _value(policy: Policy, obs: Obs, n: int, device: torch.device) -> torch.Tensor:

@@ -20,6 +20,7 @@ from embodied.evaluate import evaluate_policy
 from embodied.runner.checkpoint import latest_checkpoint, save_checkpoint
 from embodied.runner.logger import LogConfig, Logger
 from embodied.runner.rollout import EpisodeTracker
+from embodied.runner.stages import StagedEnv
 from policies import MLPPolicyConfig, make_policy
 from policies.base import POLICIES, Policy, PolicyConfig
 from sims.core import EnvConfig
@@ -40,6 +41,20 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass
+class RolloutConfig:
+    """How the rollout places its work: "collocated" (decide for the stages, then step them, one
+    after another) or "pipelined" (a stage's physics and rendering overlap the policy's
+    inference on the next stage); both split the envs into `stages` equal slices and give
+    identical rollouts for the same seeds."""
+
+    mode: str = "collocated"
+    stages: int = 1  # pipelined needs >= 2
+
+
+ROLLOUT_MODES = ("collocated", "pipelined")
+
+
+@dataclasses.dataclass
 class TrainConfig:
     name: str = "run"
     seed: int = 0
@@ -48,6 +63,7 @@ class TrainConfig:
     torch_threads: int = 0  # 0: torch's default
     init_from: str = ""  # start from a saved policy folder or a run directory's latest checkpoint
     env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     policy: PolicyConfig = dataclasses.field(default_factory=MLPPolicyConfig)
     algo: AlgoConfig = dataclasses.field(default_factory=PPOConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
@@ -65,6 +81,17 @@ def summarize_episodes(episodes: list[dict], prefix: str) -> dict[str, float]:
     }
 
 
+def make_rollout_env(env_cfg: EnvConfig, rollout: RolloutConfig) -> sims.BatchedEnv:
+    """The training env: one batch, or `rollout.stages` stages of it."""
+    if rollout.mode not in ROLLOUT_MODES:
+        raise ValueError(f"rollout.mode {rollout.mode!r} is not one of {', '.join(ROLLOUT_MODES)}.")
+    if rollout.mode == "pipelined" and rollout.stages < 2:
+        raise ValueError(f"rollout.mode pipelined needs rollout.stages >= 2; got {rollout.stages}.")
+    if rollout.stages == 1:
+        return sims.make(env_cfg)
+    return StagedEnv(env_cfg, rollout.stages, pipelined=rollout.mode == "pipelined")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -80,7 +107,7 @@ class Trainer:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
-        self.env = sims.make(dataclasses.replace(cfg.env, seed=cfg.seed))
+        self.env = make_rollout_env(dataclasses.replace(cfg.env, seed=cfg.seed), cfg.rollout)
         self.obs = self.env.reset(seed=cfg.seed)
         self.policy: Policy = self._build_policy()
         self.algo = ALGOS[cfg.algo.name](self.policy, cfg.algo)
