@@ -16,11 +16,35 @@ def _make_mujoco(cfg: EnvConfig) -> BatchedEnv:
     return MujocoBatchedEnv(cfg, TASKS[cfg.task]())
 
 
-BACKENDS: dict[str, Callable[[EnvConfig], BatchedEnv]] = {"mujoco": _make_mujoco}
+def _make_warp(cfg: EnvConfig) -> BatchedEnv:
+    try:
+        from sims.warp.env import WarpBatchedEnv
+    except ImportError as error:
+        raise ImportError(f"backend='mujoco_warp' needs the 'warp' extra: uv sync --extra warp ({error}).") from error
+
+    return WarpBatchedEnv(cfg, TASKS[cfg.task]())
 
 
-def list_tasks() -> list[str]:
-    """Names of the registered tasks."""
+def _make_maniskill(cfg: EnvConfig) -> BatchedEnv:
+    from sims.maniskill.env import ManiSkillBatchedEnv
+
+    return ManiSkillBatchedEnv(cfg)
+
+
+BACKENDS: dict[str, Callable[[EnvConfig], BatchedEnv]] = {
+    "mujoco": _make_mujoco,
+    "mujoco_warp": _make_warp,
+    "maniskill": _make_maniskill,
+}
+
+
+def list_tasks(backend: str = "mujoco") -> list[str]:
+    """Names of the tasks `backend` runs: our task suite on both MuJoCo backends, ManiSkill's
+    own tasks on 'maniskill'."""
+    if backend == "maniskill":
+        from sims.maniskill.tasks import list_maniskill_tasks
+
+        return list_maniskill_tasks()
     return sorted(TASKS)
 
 
@@ -34,8 +58,8 @@ def make(task: str | EnvConfig = "PickCube", **overrides: Any) -> BatchedEnv:
     for key in overrides:
         check_choice("EnvConfig field", key, sorted(fields))
     cfg = dataclasses.replace(cfg, **overrides)
-    check_choice("task", cfg.task, list_tasks())
     check_choice("backend", cfg.backend, tuple(BACKENDS))
+    check_choice("task", cfg.task, list_tasks(cfg.backend))
     check_choice("obs_mode", cfg.obs_mode, OBS_MODES)
     check_choice("reward_mode", cfg.reward_mode, REWARD_MODES)
     if cfg.num_envs < 1:

@@ -39,8 +39,7 @@ class MujocoBatchedEnv(BatchedEnv):
         self.substeps = max(1, round(1.0 / (cfg.control_hz * self.model.opt.timestep)))
         self.max_episode_steps = cfg.max_episode_steps or task.max_episode_steps
         self.instructions = task.instructions
-        nthread = cfg.num_threads or os.cpu_count() or 1
-        self.batch = mujoco.batch.Batch(self.model, self.num_envs, min(nthread, self.num_envs))
+        self.batch = self._make_batch()
 
         m = self.model
         self.arm_qpos_adr = np.array([m.joint(j).qposadr[0] for j in ARM_JOINTS])
@@ -88,7 +87,7 @@ class MujocoBatchedEnv(BatchedEnv):
         self.elapsed_steps = torch.zeros(n, dtype=torch.long, device=self.device)
         self.instruction_index = torch.zeros(n, dtype=torch.long, device=self.device)
         self._warnings = np.zeros((n, len(_UNSTABLE_WARNINGS)), dtype=np.int64)
-        self._rngs = [np.random.default_rng([cfg.seed, i]) for i in range(n)]
+        self._rngs = [np.random.default_rng([cfg.seed, cfg.first_env_index + i]) for i in range(n)]
         self._nominal = {
             "geom_rgba": m.geom_rgba.copy(),
             "geom_friction": m.geom_friction.copy(),
@@ -101,6 +100,12 @@ class MujocoBatchedEnv(BatchedEnv):
         task.setup(self)
         self._refresh()
         self.reset(seed=cfg.seed)
+
+    def _make_batch(self) -> mujoco.batch.Batch:
+        """The physics engine: N simulations of `self.model` behind `mujoco.batch.Batch`'s
+        interface (other backends return their own object with the same methods)."""
+        nthread = self.cfg.num_threads or os.cpu_count() or 1
+        return mujoco.batch.Batch(self.model, self.num_envs, min(nthread, self.num_envs))
 
     # ------------------------------------------------------------------ batched state access
     def _refresh(self) -> None:
@@ -144,7 +149,7 @@ class MujocoBatchedEnv(BatchedEnv):
         ids = self._ids(env_ids)
         if seed is not None:
             for i in ids.tolist():
-                self._rngs[i] = np.random.default_rng([seed, i])
+                self._rngs[i] = np.random.default_rng([seed, self.cfg.first_env_index + i])
         self._reset_envs(ids)
         return self._observe()
 
@@ -275,8 +280,8 @@ class MujocoBatchedEnv(BatchedEnv):
             bad = (~finite).nonzero()[:, 0].tolist()
             raise ValueError(f"Actions contain NaN or inf in envs {bad[:10]}; nothing was applied.")
 
-    def _observe(self, env_ids: torch.Tensor | None = None) -> Obs:
-        """Observations of all envs, or of `env_ids` only (rows in that order)."""
+    def _proprio(self) -> torch.Tensor:
+        """``observation.state`` (N, 25): arm and finger joint positions and velocities, TCP pose."""
         q, v = self.qpos, self.qvel
         proprio = np.concatenate(
             (
@@ -289,8 +294,12 @@ class MujocoBatchedEnv(BatchedEnv):
             ),
             axis=1,
         )
+        return self._to_torch(proprio)
+
+    def _observe(self, env_ids: torch.Tensor | None = None) -> Obs:
+        """Observations of all envs, or of `env_ids` only (rows in that order)."""
         obs: Obs = {
-            "observation.state": self._to_torch(proprio),
+            "observation.state": self._proprio(),
             "observation.environment_state": self.task.environment_state(),
         }
         index = self.instruction_index
