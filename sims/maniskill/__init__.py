@@ -1,0 +1,1 @@
+"""The ManiSkill3 backend (extra ``maniskill``): ManiSkill's GPU-parallel tasks as `BatchedEnv`s."""
