@@ -163,7 +163,7 @@ def to_policy_batch(obs: dict[str, Any], device: str | torch.device = "cpu") -> 
     batch: dict[str, Any] = {}
     for key, value in obs.items():
         if key.startswith("observation.") or key == "action":
-            batch[key] = torch.as_tensor(np.asarray(value)).unsqueeze(0).to(device)
+            batch[key] = torch.as_tensor(np.array(value)).unsqueeze(0).to(device)
     batch["task"] = [obs.get("task", "")]
     return batch
 
