@@ -118,10 +118,57 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lift(args: argparse.Namespace) -> int:
+    from embodied.config import load_config
+    from embodied.lift import LiftConfig, run_lift
+
+    cfg = load_config(LiftConfig, args.config, args.overrides)
+    command = " ".join(["uv run embodied lift", args.config, *args.overrides])
+    summary = run_lift(cfg, command=command)
+    return 0 if summary else 1
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from embodied.report import write_report
 
     print(write_report(args.run_dir))
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    import json
+
+    from real_robot.deploy import DeployConfig, run_from_files
+
+    cfg = DeployConfig(
+        policy=args.policy, episodes=args.episodes, max_steps=args.max_steps, chunking=args.chunking,
+        actions_per_chunk=args.actions_per_chunk, realtime=not args.no_realtime, seed=args.seed, token=args.token,
+        record=args.record or "", overwrite=args.overwrite, intervention=args.intervention,
+        intervention_start=args.intervention_start, intervention_steps=args.intervention_steps,
+    )
+    summary = run_from_files(args.robot, cfg, tuple(args.overrides))
+    print(
+        f"success {summary['success_rate']:.1%} over {summary['episodes']} episodes, {summary['steps']} steps, "
+        f"{summary['intervention_steps']} takeover steps, safety events {dict(summary['safety_events'])}"
+    )
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(summary, indent=2, default=str))
+    return 1 if summary["aborted"] else 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from real_robot.policy_runtime import LocalPolicy
+    from real_robot.server import PolicyServer
+
+    server = PolicyServer(
+        LocalPolicy.from_path(args.policy, control_hz=args.control_hz), host=args.host, port=args.port,
+        token=args.token, max_message_bytes=args.max_message_bytes,
+    )
+    print(f"serving {args.policy} on ws://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -179,6 +226,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=2_000_000)
     p.add_argument("--video", action="store_true")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("lift", help="the SFT-to-RL story: demos -> SFT (S0) -> RL (S1) -> report (configs/lift_*.yaml)")
+    p.add_argument("config", help="a lift recipe, e.g. configs/lift_pickcube_flow_vla_ppo.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. demos=20 'rl_overrides=[total_env_steps=50000]'")
+    p.set_defaults(func=_cmd_lift)
+
+    p = sub.add_parser("deploy", help="drive a robot (behind its safety layer) with a policy or a policy server")
+    p.add_argument("--robot", required=True, help="robot config YAML (configs/robots/)")
+    p.add_argument("--policy", required=True, help="run directory, checkpoint, policy folder, or ws://host:port")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the robot file: robot.task=Reach safety.watchdog_timeout_s=0.1")
+    p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=0, help="per episode; 0: until the robot says done (sims), else 200")
+    p.add_argument("--chunking", choices=("queue", "ensemble"), default="queue")
+    p.add_argument("--actions-per-chunk", type=int, default=0, help="queue: actions executed per chunk (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--token", help="shared token of the policy server")
+    p.add_argument("--record", help="write the episodes to a LeRobotDataset at this directory")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--intervention", choices=("none", "scripted", "keyboard"), default="none")
+    p.add_argument("--intervention-start", type=int, default=10)
+    p.add_argument("--intervention-steps", type=int, default=10)
+    p.add_argument("--no-realtime", action="store_true", help="do not pace the loop (simulated robots only)")
+    p.add_argument("--summary", help="write the run's summary as JSON here")
+    p.set_defaults(func=_cmd_deploy)
+
+    p = sub.add_parser("serve", help="serve a checkpoint over websocket + msgpack for embodied deploy")
+    p.add_argument("policy", help="run directory, checkpoint or policy folder")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token", help="require this shared token from clients")
+    p.add_argument("--control-hz", type=float, default=20.0)
+    p.add_argument("--max-message-bytes", type=int, default=16 * 1024 * 1024)
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("report", help="PNG curves and an HTML page for a run directory")
     p.add_argument("run_dir")

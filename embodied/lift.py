@@ -1,0 +1,139 @@
+"""`embodied lift`: the SFT-to-RL story in one command.
+
+    demos (scripted expert -> LeRobotDataset)  ->  SFT on the first `demos` of them  ->  S0
+      ->  RL (PPO or GRPO) from the SFT checkpoint  ->  S1  ->  report with both videos
+
+S0 and S1 are the final evaluations of the two runs, on the same held-out seeds and number
+of episodes (the lift config's `eval_episodes`, forced into both runs). The results go to
+<out>/lift.json and are merged into benchmarks/results/vla_rl_lift.json under
+"<policy kind>/<task>/<algorithm>", from which the README's table is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from embodied.config import load_config, save_config
+from embodied.runner.trainer import TrainConfig, Trainer
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "vla_rl_lift.json"
+
+
+@dataclasses.dataclass
+class LiftConfig:
+    name: str = "lift"
+    sft: str = ""  # the SFT recipe (configs/sft_*.yaml)
+    rl: str = ""  # the RL recipe (configs/ppo_*.yaml or grpo_*.yaml)
+    sft_overrides: tuple[str, ...] = ()  # dotted overrides of the SFT recipe
+    rl_overrides: tuple[str, ...] = ()
+    demos: int = 10  # expert episodes SFT learns from (few-shot)
+    record_episodes: int = 0  # episodes to record when the dataset is missing; 0: `demos`
+    eval_episodes: int = 100  # S0 and S1: the same held-out seeds and count
+    seed: int = 0
+    out: str = ""  # default: runs/<name>
+    results_file: str = str(RESULTS)  # "" keeps the results out of the shared table
+    overwrite: bool = False
+
+
+def run_lift(cfg: LiftConfig, command: str = "") -> dict[str, Any]:
+    """Record (if needed), SFT, RL; returns the summary also written to <out>/lift.json.
+    `command` is what reproduces it (stored with the results)."""
+    if not cfg.sft or not cfg.rl:
+        raise ValueError("A lift needs both `sft` and `rl` recipes.")
+    out = Path(cfg.out or f"runs/{cfg.name}")
+    if out.exists():
+        if not cfg.overwrite:
+            raise FileExistsError(f"{out} exists; pass overwrite=true or another name/out.")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    save_config(cfg, out / "lift.yaml")
+    common = [f"seed={cfg.seed}", f"eval.episodes={cfg.eval_episodes}"]
+    sft_cfg = load_config(TrainConfig, cfg.sft, [*cfg.sft_overrides, *common, f"algo.episodes={cfg.demos}",
+                                                 f"run_dir={out / 'sft'}", f"name={cfg.name}_sft"])
+    dataset = Path(sft_cfg.algo.dataset)
+    recorded = ensure_demos(dataset, sft_cfg, cfg.record_episodes or cfg.demos, cfg.seed)
+    start = time.perf_counter()
+    print(f"[lift] SFT on {cfg.demos} demos of {dataset} -> {out / 'sft'}", flush=True)
+    s0 = Trainer(sft_cfg).train()
+    sft_seconds = time.perf_counter() - start
+    rl_cfg = load_config(TrainConfig, cfg.rl, [*cfg.rl_overrides, *common, f"init_from={out / 'sft'}",
+                                               f"run_dir={out / 'rl'}", f"name={cfg.name}_rl"])
+    if rl_cfg.eval.seed != sft_cfg.eval.seed or rl_cfg.env.task != sft_cfg.env.task:
+        raise ValueError("The SFT and RL recipes must evaluate the same task on the same seeds (eval.seed, env.task).")
+    print(f"[lift] S0 = {s0['success_rate']:.1%}; {rl_cfg.algo.name.upper()} from the SFT checkpoint -> {out / 'rl'}", flush=True)
+    start = time.perf_counter()
+    rl = Trainer(rl_cfg)
+    s1 = rl.train()
+    summary = {
+        "model": rl_cfg.policy.kind, "task": rl_cfg.env.task, "algorithm": rl_cfg.algo.name,
+        "S0": s0["success_rate"], "S0_ci95": s0["success_ci95"], "S1": s1["success_rate"], "S1_ci95": s1["success_ci95"],
+        "lift_points": 100 * (s1["success_rate"] - s0["success_rate"]),
+        "eval_episodes": cfg.eval_episodes, "eval_seed": rl_cfg.eval.seed, "seeds": [cfg.seed], "demos": cfg.demos,
+        "recorded_demos": recorded, "sft_updates": sft_cfg.algo.total_updates, "sft_wall_s": sft_seconds,
+        "rl_env_steps": rl.env_steps, "rl_wall_s": rl.wall_time, "rl_total_wall_s": time.perf_counter() - start,
+        "command": command, "sft_recipe": cfg.sft, "rl_recipe": cfg.rl,
+        "sft_overrides": list(cfg.sft_overrides), "rl_overrides": list(cfg.rl_overrides),
+    }
+    (out / "lift.json").write_text(json.dumps(summary, indent=2))
+    write_lift_page(out, summary)
+    if cfg.results_file:
+        merge_result(Path(cfg.results_file), summary)
+    print(f"[lift] {summary['model']} on {summary['task']}: S0 {summary['S0']:.1%} -> S1 {summary['S1']:.1%} "
+          f"({summary['lift_points']:+.1f} points) after {rl.env_steps} env steps of {summary['algorithm']}, "
+          f"{summary['rl_wall_s']:.0f} s; report {out / 'index.html'}", flush=True)
+    return summary
+
+
+def ensure_demos(dataset: Path, sft_cfg: TrainConfig, episodes: int, seed: int) -> int:
+    """Record `episodes` expert demos into `dataset` when it does not exist; returns how many
+    were recorded (0 when the dataset was there)."""
+    if (dataset / "meta" / "info.json").is_file():
+        return 0
+    from embodied.data.record import RecordConfig, record
+
+    vlm = getattr(sft_cfg.policy, "vlm", None)
+    image_size = vlm.image_size[0] if vlm is not None else sft_cfg.env.render.width
+    cameras = sft_cfg.env.cameras if sft_cfg.env.obs_mode != "state" else ("front",)
+    print(f"[lift] recording {episodes} expert demos of {sft_cfg.env.task} -> {dataset}", flush=True)
+    record(RecordConfig(task=sft_cfg.env.task, episodes=episodes, root=str(dataset), seed=seed, cameras=tuple(cameras),
+                        image_size=image_size))
+    return episodes
+
+
+def merge_result(path: Path, summary: dict[str, Any]) -> None:
+    """Put `summary` into the results file under model/task/algorithm (other entries kept)."""
+    from benchmarks.common import machine_info
+
+    data = json.loads(path.read_text()) if path.is_file() else {"benchmark": "vla_rl_lift", "runs": {}}
+    data["machine"] = machine_info()
+    data["runs"][f"{summary['model']}/{summary['task']}/{summary['algorithm']}"] = summary
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_lift_page(out: Path, summary: dict[str, Any]) -> Path:
+    """<out>/index.html: S0 -> S1, the RL curves, and the final videos of both runs."""
+    from embodied.report import write_report
+
+    write_report(out / "sft")
+    write_report(out / "rl")
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
+    videos = []
+    for label, run in (("before RL (SFT)", "sft"), ("after RL", "rl")):
+        found = sorted((out / run / "videos").glob("*.mp4")) if (out / run / "videos").is_dir() else []
+        if found:
+            videos.append(f"<h3>{label}</h3><video src='{run}/videos/{found[-1].name}' controls loop muted width=512></video>")
+    curves = "".join(f"<img src='rl/report/{p.name}' width=480>" for p in sorted((out / "rl" / "report").glob("*.png")))
+    page = (f"<html><head><title>{html.escape(out.name)}</title></head><body>"
+            f"<h1>{summary['model']} on {summary['task']}: {summary['S0']:.1%} &rarr; {summary['S1']:.1%}</h1>"
+            f"<table>{rows}</table><h2>RL curves</h2>{curves}<h2>Videos</h2>{''.join(videos)}"
+            f"<p>Full reports: <a href='sft/report/index.html'>SFT</a>, <a href='rl/report/index.html'>RL</a></p></body></html>")
+    path = out / "index.html"
+    path.write_text(page)
+    return path
