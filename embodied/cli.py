@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -165,10 +166,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         token=args.token, max_message_bytes=args.max_message_bytes,
     )
     print(f"serving {args.policy} on ws://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

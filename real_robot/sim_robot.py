@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from real_robot.config import RobotConfig
 from real_robot.robot import ActionSpec, Robot, RobotError, hold_gripper_command, observation_shapes
 
 
 @dataclasses.dataclass
-class SimRobotConfig:
+class SimRobotConfig(RobotConfig):
     """A simulated arm: one env of `task` (see `sims.make`)."""
 
     type: str = "sim"

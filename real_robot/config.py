@@ -1,0 +1,73 @@
+"""Robot config files: which robot, and its safety limits.
+
+    # configs/robots/sim_reach.yaml
+    robot:
+      type: sim          # sim | ros
+      task: Reach
+    safety:
+      watchdog_timeout_s: 0.2
+
+`load_robot(path)` builds the robot wrapped in its `SafetyLayer` (on unless
+``safety.enabled: false``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import ClassVar
+
+from real_robot.safety import SafetyConfig, SafetyLayer
+
+
+@dataclasses.dataclass
+class RobotConfig:
+    """Base of the robot configs; `type` picks the class."""
+
+    variant_key: ClassVar[str] = "type"
+    default_variant: ClassVar[str] = "sim"
+    type: str = ""
+
+    @staticmethod
+    def variants() -> dict[str, type]:
+        from real_robot.sim_robot import SimRobotConfig
+
+        variants: dict[str, type] = {"sim": SimRobotConfig}
+        try:
+            from real_robot.ros.bridge import RosRobotConfig
+
+            variants["ros"] = RosRobotConfig
+        except ImportError:  # the ROS bridge module is optional
+            pass
+        return variants
+
+
+@dataclasses.dataclass
+class RobotFile:
+    """A robot config file: the robot and its safety layer."""
+
+    robot: RobotConfig = dataclasses.field(default_factory=RobotConfig)
+    safety: SafetyConfig = dataclasses.field(default_factory=SafetyConfig)
+
+
+def build_robot(cfg: RobotConfig):
+    """The robot a config describes (not yet connected)."""
+    if cfg.type == "sim":
+        from real_robot.sim_robot import SimRobot
+
+        return SimRobot(cfg)
+    if cfg.type == "ros":
+        from real_robot.ros.bridge import RosRobot
+
+        return RosRobot(cfg)
+    raise ValueError(f"Unknown robot type {cfg.type!r}; valid: {', '.join(RobotConfig.variants())}.")
+
+
+def load_robot(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SafetyLayer:
+    """The robot of a config file behind its safety layer (not yet connected)."""
+    from embodied.config import load_config
+
+    cfg = load_config(RobotFile, path, overrides)
+    if not cfg.robot.type:
+        cfg.robot = dataclasses.replace(cfg.robot, type=RobotConfig.default_variant)
+    return SafetyLayer(build_robot(cfg.robot), cfg.safety)
