@@ -32,14 +32,24 @@ class PolicyClient:
         self, url: str, token: str | None = None, timeout_s: float = 2.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ):
+        self.url = url
+        self.token = token
+        self.timeout_s = timeout_s
+        self.max_message_bytes = max_message_bytes
+        self._ids = itertools.count()
+        self._connect()
+
+    def reconnect(self) -> None:
+        """Drop the connection and open a new one (after the server was lost)."""
+        self.close()
+        self._connect()
+
+    def _connect(self) -> None:
         import inspect
 
         from websockets.sync.client import connect
 
-        self.url = url
-        self.timeout_s = timeout_s
-        self.max_message_bytes = max_message_bytes
-        self._ids = itertools.count()
+        url, token, timeout_s, max_message_bytes = self.url, self.token, self.timeout_s, self.max_message_bytes
         try:
             options: dict[str, Any] = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
             self._ws = connect(

@@ -51,6 +51,7 @@ class DeployConfig:
     token: str | None = None  # shared token of the policy server
     server_timeout_s: float = 1.0
     record: str = ""  # dataset root; "" records nothing
+    record_video: bool = True  # camera frames as mp4 (LeRobot's default) or PNG images
     overwrite: bool = False
     intervention: str = "none"  # none | scripted | keyboard
     intervention_start: int = 10  # scripted: first step of the takeover
@@ -242,6 +243,10 @@ def deploy(
     if not robot.is_connected:
         robot.connect()
     hz = robot.control_hz
+    if not cfg.realtime:
+        if not robot.episode_status():
+            raise ValueError("realtime: false is for simulated robots only; a real arm runs at its control rate.")
+        robot.rate_limit = False  # simulated time: steps may come faster than the wall-clock rate
     recorder = None
     summary: dict[str, Any] = {
         "episodes": 0, "successes": 0, "steps": 0, "intervention_steps": 0, "policy_failures": 0,
@@ -261,7 +266,7 @@ def deploy(
 
             recorder = EpisodeRecorder(
                 cfg.record, recorder_features, robot.action_spec.dim, hz, robot_type=robot.robot.name,
-                overwrite=cfg.overwrite,
+                overwrite=cfg.overwrite, video=cfg.record_video,
             )
         for episode in range(cfg.episodes):
             robot.reset_episode(cfg.seed + episode)
@@ -364,12 +369,12 @@ def _run_episode(robot, cfg, policy, chunker, corrector, recorder, display, epis
 
 
 def _reconnect(policy, cfg: DeployConfig, hz: float, summary: dict):
-    """After a lost server: a fresh client, or None (the run stops) if it cannot connect."""
-    if not isinstance(policy, PolicyClient):
+    """After a lost server: the client reconnected, or None (the run stops) if it cannot."""
+    if not hasattr(policy, "reconnect"):
         return policy
-    policy.close()
     try:
-        return open_policy(cfg, hz)
+        policy.reconnect()
+        return policy
     except PolicyServerError as error:
         summary["aborted"] = f"policy server lost: {error}"
         return None

@@ -82,6 +82,7 @@ class SafetyLayer(Robot):
         self._watchdog: threading.Thread | None = None
         self._stop = threading.Event()
         self._listeners: list[Callable[[SafetyEvent], None]] = []
+        self.rate_limit = True  # off only for a simulated robot stepped faster than real time
 
     # ------------------------------------------------------------------ delegation
     @property
@@ -195,7 +196,7 @@ class SafetyLayer(Robot):
                 self._reject(f"stale observation ({age * 1000:.0f} ms > {self.cfg.watchdog_timeout_s * 1000:.0f} ms)")
                 return {"action": self.robot.hold_action()}
             max_hz = self.cfg.max_command_hz or 2.0 * self.robot.control_hz
-            if self._last_command_time is not None and now - self._last_command_time < 1.0 / max_hz:
+            if self.rate_limit and self._last_command_time is not None and now - self._last_command_time < 1.0 / max_hz:
                 self._log("drop", f"command rate above {max_hz:g} Hz")
                 return {"action": self.robot.hold_action()}
             state = np.asarray(obs["observation.state"], dtype=np.float64)

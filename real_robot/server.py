@@ -18,6 +18,7 @@ server never crashes on client input.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import threading
@@ -75,8 +76,9 @@ class PolicyServer:
 
     def stop(self) -> None:
         """Close every connection and stop listening."""
-        if self._loop is not None and self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
+        if self._loop is not None and self._server is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: already stopped
+                self._loop.call_soon_threadsafe(self._server.close)
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             self._thread = None
