@@ -1,6 +1,7 @@
 """The deployment runner: ``embodied deploy --robot CONFIG --policy CHECKPOINT_OR_URL``.
 
-A fixed-rate loop (absolute schedule, ``1 / control_hz``) that per tick reads an observation,
+A fixed-rate loop (absolute schedule, ``1 / control_hz``; a tick more than one period late
+re-anchors the schedule and counts an overrun instead of sending a burst) that per tick reads an observation,
 takes the next action from the policy's chunks, lets a corrector take over where it wants,
 sends the action through the safety layer and records the frame:
 
@@ -249,7 +250,7 @@ def deploy(
         robot.rate_limit = False  # simulated time: steps may come faster than the wall-clock rate
     recorder = None
     summary: dict[str, Any] = {
-        "episodes": 0, "successes": 0, "steps": 0, "intervention_steps": 0, "policy_failures": 0,
+        "episodes": 0, "successes": 0, "steps": 0, "intervention_steps": 0, "policy_failures": 0, "overruns": 0,
         "aborted": None, "results": [],
     }
     latencies: list[float] = []
@@ -318,15 +319,16 @@ def _run_episode(robot, cfg, policy, chunker, corrector, recorder, display, epis
     step = interventions = 0
     error = None
     status: dict[str, bool] = {}
-    start = time.perf_counter()
-    last_tick = start
+    scheduled = time.perf_counter()  # when this tick should start
+    last_tick = scheduled
     hz_estimate = robot.control_hz
     latency_ms = 0.0
     try:
         while not max_steps or step < max_steps:
             tick_start = time.perf_counter()
             if step:
-                jitter.append(abs((tick_start - start) - step * period) * 1e3 if cfg.realtime else 0.0)
+                if cfg.realtime:
+                    jitter.append(abs(tick_start - scheduled) * 1e3)
                 hz_estimate = 1.0 / max(tick_start - last_tick, 1e-6)
             last_tick = tick_start
             obs = robot.get_observation()
@@ -357,9 +359,13 @@ def _run_episode(robot, cfg, policy, chunker, corrector, recorder, display, epis
             if status.get("done"):
                 break
             if cfg.realtime:
-                delay = start + step * period - time.perf_counter()
+                scheduled += period
+                delay = scheduled - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
+                elif delay < -period:  # a whole tick missed: re-anchor rather than send a burst
+                    summary["overruns"] += 1
+                    scheduled = time.perf_counter()
     finally:
         summary["steps"] += step
         summary["intervention_steps"] += interventions
