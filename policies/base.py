@@ -91,6 +91,8 @@ class Policy(nn.Module, abc.ABC):
     # level): a run that starts from a saved policy takes them from its own config
     sampling_fields: ClassVar[tuple[str, ...]] = ()
     critic_modules: ClassVar[tuple[str, ...]] = ("critic", "value_head")  # the value function's submodules
+    # config fields that add weights to a loaded policy (LoRA adapters): applied after loading
+    adapter_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any):
         super().__init__()
@@ -130,6 +132,16 @@ class Policy(nn.Module, abc.ABC):
             return log_prob[:, None], entropy, value
         elements, entropy, value = self.evaluate_elements(obs, actions, extras)
         return reduce_log_prob(elements, level), entropy, value
+
+    def add_adapters(self, **fields: Any) -> None:
+        """Add the adapters `adapter_fields` ask for (a VLA's LoRA)."""
+        if any(fields.values()):
+            raise ValueError(f"{type(self).__name__} takes no adapters; got {fields}.")
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters of a pretrained backbone (a VLA's vision-language model, or
+        its LoRA adapters); RL may give them a learning rate of their own. None for small policies."""
+        return []
 
     def critic_parameters(self) -> list[nn.Parameter]:
         """The parameters only the value function uses (what a critic warm-up trains)."""
@@ -171,7 +183,7 @@ class Policy(nn.Module, abc.ABC):
     @classmethod
     def from_pretrained(cls, directory: str | Path, overrides: dict[str, Any] | None = None) -> Policy:
         """Load a policy saved by `save_pretrained` (any registered kind when called on Policy);
-        `overrides` replaces config fields (only the `sampling_fields` are safe to change)."""
+        `overrides` sets `sampling_fields` (before building) and `adapter_fields` (after loading)."""
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():
@@ -184,6 +196,8 @@ class Policy(nn.Module, abc.ABC):
         from embodied.config import from_dict
 
         config = from_dict(policy_cls.config_class, raw)
+        overrides = dict(overrides or {})
+        adapters = {f: overrides.pop(f) for f in policy_cls.adapter_fields if f in overrides}
         if overrides:
             config = dataclasses.replace(config, **overrides)
         policy = policy_cls.build_for_folder(config, directory)
@@ -197,4 +211,6 @@ class Policy(nn.Module, abc.ABC):
                 f"Checkpoint {directory} does not fit a {kind} policy of this config: "
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}."
             )
+        if adapters:
+            policy.add_adapters(**adapters)
         return policy

@@ -113,3 +113,36 @@ def test_a_saved_vla_takes_its_sampling_settings_from_the_run_config(tmp_path, r
     scaled = hot.evaluate(reach_obs, out.action, out.extras)[0]
     torch.testing.assert_close(scaled, out.log_prob, atol=1e-4, rtol=0)
     assert not torch.allclose(policy.evaluate(reach_obs, out.action, out.extras)[0], scaled)
+
+
+@pytest.mark.parametrize("kind", ["ar_vla", "flow_vla"])
+def test_lora_fine_tuning_trains_adapters_and_heads_only_and_reloads(tmp_path, reach_obs, kind):
+    policy = tiny_vla(kind, reach_obs)
+    policy.save_pretrained(tmp_path / "base")
+    lora = Policy.from_pretrained(tmp_path / "base", overrides={"lora_rank": 4, "lora_alpha": 8.0})
+    assert lora.config.lora_rank == 4
+    backbone = lora.backbone_parameters()
+    names = {id(p): n for n, p in lora.named_parameters()}
+    assert backbone and all("lora_" in names[id(p)] for p in backbone)
+    frozen = {n: p.detach().clone() for n, p in lora.named_parameters() if not p.requires_grad}
+    assert any(".q_proj.base_layer" in n for n in frozen)
+    torch.manual_seed(1)
+    out = lora.act(reach_obs)
+    # LoRA's B starts at zero: the adapted policy computes what the base did
+    torch.testing.assert_close(policy.evaluate(reach_obs, out.action, out.extras)[0], out.log_prob, atol=1e-4, rtol=0)
+    algo = PPO(lora, PPOConfig(lr=1e-3, head_lr=1e-4, critic_lr=1e-2, update_epochs=1, num_minibatches=1))
+    groups = {"backbone": 1e-3, "heads": 1e-4, "critic": 1e-2}
+    if kind == "ar_vla":  # its action head is the LM head, frozen with the backbone (as OpenVLA's LoRA)
+        del groups["heads"]
+    assert {g["name"]: g["lr"] for g in algo.optimizer.param_groups} == groups
+    rollout = advantage_batch(lora, reach_obs, "ppo")
+    algo.update(algo.prepare(rollout, torch.zeros(NUM_ENVS)), 0)
+    for n, p in lora.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), f"{n} is frozen under LoRA but changed"
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in lora.named_parameters())
+    lora.save_pretrained(tmp_path / "lora")
+    again = Policy.from_pretrained(tmp_path / "lora")
+    torch.testing.assert_close(
+        again.evaluate(reach_obs, out.action, out.extras)[0], lora.evaluate(reach_obs, out.action, out.extras)[0]
+    )

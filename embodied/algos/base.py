@@ -82,6 +82,24 @@ class Algorithm(abc.ABC):
         self.generator.set_state(state["generator"])
 
 
+def param_groups(
+    policy, lr: float, head_lr: float | None = None, critic_lr: float | None = None, critic: bool = True
+) -> list[dict[str, Any]]:
+    """Optimizer groups of the trainable parameters: a pretrained backbone (a VLA's, or its LoRA
+    adapters) at `lr`, the heads (everything else the actor trains) at `head_lr`, the critic at
+    `critic_lr` (None: `lr`); `critic=False` leaves the critic out (critic-free algorithms)."""
+    backbone = [p for p in policy.backbone_parameters() if p.requires_grad]
+    critic_params = [p for p in policy.critic_parameters() if p.requires_grad]
+    taken = {id(p) for p in backbone + critic_params}
+    heads = [p for p in policy.parameters() if p.requires_grad and id(p) not in taken]
+    groups = [
+        {"name": "backbone", "params": backbone, "lr": lr},
+        {"name": "heads", "params": heads, "lr": head_lr or lr},
+        {"name": "critic", "params": critic_params if critic else [], "lr": critic_lr or lr},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 @torch.no_grad()
 def recompute_log_probs(policy, batch: dict[str, Any], level: str, size: int) -> torch.Tensor:
     """(B, K) log-probs at `level` of a flattened batch's actions under the current (behaviour)

@@ -27,7 +27,14 @@ from typing import Any
 
 import torch
 
-from embodied.algos.base import AlgoConfig, Algorithm, minibatches, old_log_probs, register_algo
+from embodied.algos.base import (
+    AlgoConfig,
+    Algorithm,
+    minibatches,
+    old_log_probs,
+    param_groups,
+    register_algo,
+)
 from embodied.runner.rollout import concat_obs, gather_obs, select_obs, stack_obs
 from policies.base import LOG_PROB_LEVELS
 
@@ -51,6 +58,7 @@ class GRPOConfig(AlgoConfig):
     max_sample_rounds: int = 4
     gamma: float = 1.0  # discount of the "reward_to_go" outcome
     log_prob_level: str = "chunk"  # "chunk", "action" or "token": the unit of the ratio
+    head_lr: float | None = None  # of a VLA's heads when the backbone has lr; None: lr
 
 
 def group_advantages(outcomes: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
@@ -120,7 +128,8 @@ class GRPO(Algorithm):
             raise ValueError(f"GRPO outcome {cfg.outcome!r} is not one of {', '.join(OUTCOMES)}.")
         if cfg.log_prob_level not in LOG_PROB_LEVELS:
             raise ValueError(f"algo.log_prob_level {cfg.log_prob_level!r} is not one of {', '.join(LOG_PROB_LEVELS)}.")
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+        self.trainable = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(param_groups(policy, cfg.lr, cfg.head_lr, critic=False), lr=cfg.lr, eps=1e-5)
 
     @torch.no_grad()
     def run_group_episodes(self, env, tracker) -> dict[str, Any]:
@@ -240,7 +249,7 @@ class GRPO(Algorithm):
                 self.check_finite(loss, stats, iteration)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
                 self.optimizer.step()
                 stats["entropy"] = entropy.detach().mean()
                 stats["grad_norm"] = grad_norm

@@ -15,7 +15,8 @@ One update, top to bottom:
      the learning rate towards `desired_kl` (rsl_rl's schedule).
   4. critic warm-up: for the first `critic_warmup_iterations` only the critic learns (L_value
      on the critic's own parameters), so a pretrained actor is not pushed around by the
-     advantages of an untrained value function.
+     advantages of an untrained value function; `critic_lr` gives the critic's own parameters
+     (a VLA's value head) their own learning rate.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from embodied.algos.base import (
     Algorithm,
     minibatches,
     old_log_probs,
+    param_groups,
     register_algo,
 )
 from embodied.runner.rollout import select_obs
@@ -57,6 +59,8 @@ class PPOConfig(AlgoConfig):
     anneal_lr: bool = False
     log_prob_level: str = "chunk"  # "chunk", "action" or "token": the unit of the ratio
     critic_warmup_iterations: int = 0  # iterations that train only the critic
+    critic_lr: float | None = None  # learning rate of the critic's own parameters; None: lr
+    head_lr: float | None = None  # of a VLA's heads (action expert, ...) when the backbone has lr; None: lr
 
 
 def compute_gae(
@@ -121,7 +125,8 @@ class PPO(Algorithm):
         super().__init__(policy, cfg)
         if cfg.log_prob_level not in LOG_PROB_LEVELS:
             raise ValueError(f"algo.log_prob_level {cfg.log_prob_level!r} is not one of {', '.join(LOG_PROB_LEVELS)}.")
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+        self.trainable = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(param_groups(policy, cfg.lr, cfg.head_lr, cfg.critic_lr), lr=cfg.lr, eps=1e-5)
 
     def prepare(self, rollout: dict[str, Any], next_value: torch.Tensor) -> dict[str, Any]:
         """Add advantages and returns to a rollout of (S, N, ...) tensors; flatten to (S*N, ...)."""
@@ -163,7 +168,7 @@ class PPO(Algorithm):
                     for p in self.policy.parameters():
                         if p not in critic:
                             p.grad = None
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
                 self.optimizer.step()
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
@@ -181,6 +186,8 @@ class PPO(Algorithm):
         metrics["epochs"] = epochs
         metrics["critic_warmup"] = float(critic_only)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        for group in self.optimizer.param_groups[1:]:
+            metrics[f"lr_{group['name']}"] = group["lr"]
         with torch.no_grad():
             residual = batch["returns"] - batch["values"]
             metrics["explained_variance"] = float(1 - residual.var() / (batch["returns"].var() + 1e-8))
@@ -188,13 +195,14 @@ class PPO(Algorithm):
 
     def adapt_lr(self, kl: float) -> None:
         """rsl_rl's adaptive schedule: shrink the lr when KL is far above target, grow it when far below."""
-        lr = self.optimizer.param_groups[0]["lr"]
         if kl > 2.0 * self.cfg.desired_kl:
-            lr = max(1e-5, lr / 1.5)
+            factor = 1 / 1.5
         elif kl < 0.5 * self.cfg.desired_kl:
-            lr = min(1e-2, lr * 1.5)
+            factor = 1.5
+        else:
+            return
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = min(1e-2, max(1e-5, group["lr"] * factor))
 
 
 def flatten_time(rollout: dict[str, Any]) -> dict[str, Any]:

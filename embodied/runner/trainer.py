@@ -135,9 +135,11 @@ class Trainer:
         saved_kind = json.loads((path / "config.json").read_text()).get("kind") if (path / "config.json").is_file() else None
         if saved_kind is not None and saved_kind != cfg.policy.kind:
             raise ValueError(f"init_from {cfg.init_from} holds a {saved_kind!r} policy; this config asks for {cfg.policy.kind!r}.")
-        # the architecture comes from the saved policy; how it samples (temperature, noise) from this config
-        sampling = {f: getattr(cfg.policy, f) for f in POLICIES[cfg.policy.kind].sampling_fields}
-        policy = Policy.from_pretrained(path, overrides=sampling)
+        # the architecture comes from the saved policy; how it samples (temperature, noise) and
+        # its adapters (LoRA) from this config
+        policy_cls = POLICIES[cfg.policy.kind]
+        fields = {f: getattr(cfg.policy, f) for f in (*policy_cls.sampling_fields, *policy_cls.adapter_fields)}
+        policy = Policy.from_pretrained(path, overrides=fields)
         if policy.chunk_size and getattr(policy.config, "action_dim", self.env.action_dim) != self.env.action_dim:
             raise ValueError(f"init_from {cfg.init_from} emits {policy.config.action_dim}-dim actions; the env takes {self.env.action_dim}.")
         return policy

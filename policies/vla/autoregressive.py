@@ -56,6 +56,8 @@ class ARVLAConfig(PolicyConfig):
     chunk_size: int = 1  # T actions per decision, T * action_dim tokens
     state_keys: tuple[str, ...] = ("observation.state",)  # () for no state token
     state_dim: int = 0  # filled from the observation when 0
+    lora_rank: int = 0  # > 0: LoRA adapters on the backbone, which is then frozen (RL fine-tuning)
+    lora_alpha: float = 16.0
     temperature: float = 1.0  # of the sampling distribution (and of the recorded log-probs)
     value_hidden_sizes: tuple[int, ...] = (64,)
     n_bins: int = 256
@@ -78,6 +80,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
 
     kind = "ar_vla"
     config_class = ARVLAConfig
+    backbone_name = "backbone"
     sampling_fields = ("temperature",)
 
     def __init__(self, config: ARVLAConfig, tokenizer: PreTrainedTokenizerFast | None = None):
@@ -117,6 +120,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         self.decoder: Literal["static", "hf"] = (
             "static" if self._static_decoding_supported() else "hf"
         )
+        self.add_adapters(config.lora_rank, config.lora_alpha)
 
     # ---- save / load -------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -249,14 +249,48 @@ class VisionLanguagePrefix(nn.Module):
         self.tokenizer.backend_tokenizer.save(str(Path(directory) / TOKENIZER_FILE))
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "out_proj", "gate_proj", "up_proj", "down_proj", "fc1", "fc2")
+
+
+def add_lora(module: nn.Module, rank: int, alpha: float) -> None:
+    """Freeze `module` and add trainable LoRA adapters (peft) to its attention and MLP
+    projections (the vision tower's and the LM's; not the LM head). B starts at zero, so the
+    module computes exactly what it did before."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(LORA_TARGETS)), module)
+
+
 class VLAStateInputs:
-    """What the VLA policies share about their non-image inputs: the proprioceptive state's
-    frozen statistics (buffers `state_mean`, `state_std` on the policy) and the features they
-    read, declared from the config (`vlm`, `state_keys`, `state_dim`, `action_dim`, `chunk_size`)."""
+    """What the VLA policies share beyond their own heads: the proprioceptive state's frozen
+    statistics (buffers `state_mean`, `state_std` on the policy), the features they read,
+    declared from the config (`vlm`, `state_keys`, `state_dim`, `action_dim`, `chunk_size`),
+    and optional LoRA adapters on the vision-language backbone (`lora_rank`, `lora_alpha`)."""
 
     config: Any
     state_mean: torch.Tensor
     state_std: torch.Tensor
+    backbone_name: ClassVar[str]  # the attribute holding the VisionLanguagePrefix
+    adapter_fields = ("lora_rank", "lora_alpha")
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The vision-language backbone's trainable parameters (its LoRA adapters when enabled)."""
+        return [p for p in getattr(self, self.backbone_name).parameters() if p.requires_grad]
+
+    def add_adapters(self, lora_rank: int = 0, lora_alpha: float = 16.0) -> None:
+        """LoRA on the backbone (rank 0: none). Called at construction from the config, and by
+        a run that fine-tunes a saved policy with `policy.lora_rank` > 0."""
+        if lora_rank <= 0:
+            return
+        if getattr(self, "_lora_enabled", False):
+            if (lora_rank, lora_alpha) != (self.config.lora_rank, self.config.lora_alpha):
+                raise ValueError(f"This policy already has LoRA rank {self.config.lora_rank}; cannot change it to {lora_rank}.")
+            return
+        add_lora(getattr(self, self.backbone_name), lora_rank, lora_alpha)
+        self.config = dataclasses.replace(self.config, lora_rank=lora_rank, lora_alpha=lora_alpha)
+        self._lora_enabled = True
 
     def set_state_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Freeze the state normalisation to dataset statistics (mean, std: (state_dim,))."""

@@ -90,6 +90,8 @@ class FlowVLAConfig(PolicyConfig):
     value_hidden: int = 64
     state_keys: tuple[str, ...] = ("observation.state",)
     state_dim: int = 0  # filled from the env when 0 (no state token when state_keys is empty)
+    lora_rank: int = 0  # > 0: LoRA adapters on the backbone, which is then frozen (RL fine-tuning)
+    lora_alpha: float = 16.0
 
 
 class PrefixKV:
@@ -216,6 +218,7 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
 
     kind = "flow_vla"
     config_class = FlowVLAConfig
+    backbone_name = "prefix"
     sampling_fields = ("stochastic_steps", "noise_level")
 
     def __init__(self, config: FlowVLAConfig, tokenizer: PreTrainedTokenizerFast | None = None):
@@ -264,6 +267,7 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
             nn.Tanh(),
             nn.Linear(config.value_hidden, 1),
         )
+        self.add_adapters(config.lora_rank, config.lora_alpha)
 
     @staticmethod
     def _stochastic_steps(config: FlowVLAConfig) -> frozenset[int]:
