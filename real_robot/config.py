@@ -2,7 +2,7 @@
 
     # configs/robots/sim_reach.yaml
     robot:
-      type: sim          # sim | ros
+      type: sim          # sim | ros | lerobot
       task: Reach
     safety:
       watchdog_timeout_s: 0.2
@@ -30,9 +30,10 @@ class RobotConfig:
 
     @staticmethod
     def variants() -> dict[str, type]:
+        from real_robot.lerobot_robot import LeRobotRobotConfig
         from real_robot.sim_robot import SimRobotConfig
 
-        variants: dict[str, type] = {"sim": SimRobotConfig}
+        variants: dict[str, type] = {"sim": SimRobotConfig, "lerobot": LeRobotRobotConfig}
         try:
             from real_robot.ros.bridge import RosRobotConfig
 
@@ -60,6 +61,10 @@ def build_robot(cfg: RobotConfig):
         from real_robot.ros.bridge import RosRobot
 
         return RosRobot(cfg)
+    if cfg.type == "lerobot":
+        from real_robot.lerobot_robot import LeRobotRobot, make_lerobot_robot
+
+        return LeRobotRobot(make_lerobot_robot(cfg), cfg.control_hz, cfg.calibrate)
     raise ValueError(f"Unknown robot type {cfg.type!r}; valid: {', '.join(RobotConfig.variants())}.")
 
 
