@@ -87,9 +87,10 @@ class Policy(nn.Module, abc.ABC):
 
     kind: ClassVar[str]
     config_class: ClassVar[type]
-    # config fields that change how actions are sampled but not the weights (temperature, noise
-    # level): a run that starts from a saved policy takes them from its own config
-    sampling_fields: ClassVar[tuple[str, ...]] = ()
+    # config fields that leave the weights as they are (sampling temperature, noise level, whether
+    # the critic's gradient reaches a shared backbone): a run that starts from a saved policy
+    # takes them from its own config
+    runtime_fields: ClassVar[tuple[str, ...]] = ()
     critic_modules: ClassVar[tuple[str, ...]] = ("critic", "value_head")  # the value function's submodules
     # config fields that add weights to a loaded policy (LoRA adapters): applied after loading
     adapter_fields: ClassVar[tuple[str, ...]] = ()
@@ -183,7 +184,7 @@ class Policy(nn.Module, abc.ABC):
     @classmethod
     def from_pretrained(cls, directory: str | Path, overrides: dict[str, Any] | None = None) -> Policy:
         """Load a policy saved by `save_pretrained` (any registered kind when called on Policy);
-        `overrides` sets `sampling_fields` (before building) and `adapter_fields` (after loading)."""
+        `overrides` sets `runtime_fields` (before building) and `adapter_fields` (after loading)."""
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():

@@ -217,7 +217,7 @@ def concat_batches(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- LeRobot datasets
 def from_lerobot(root: str | Path, obs_keys: tuple[str, ...] = OBS_KEYS, episodes: list[int] | None = None,
-                 device: torch.device | str = "cpu", progress: bool = False) -> ReplayBuffer:
+                 device: torch.device | str = "cpu", progress: bool = False, reward: str = "dataset") -> ReplayBuffer:
     """A one-column buffer holding a LeRobot dataset's episodes end to end.
 
     Needs `action`, `next.reward` and `next.done`; `complementary_info.is_intervention` is
@@ -225,13 +225,18 @@ def from_lerobot(root: str | Path, obs_keys: tuple[str, ...] = OBS_KEYS, episode
     so (`next.terminated`) or, failing that, when it succeeded (`next.success`, the envs end
     episodes on success) or, failing both, always; its next observation is its own (there is
     none after it: with terminated the value is not used). Inside an episode next_obs is the
-    following frame."""
+    following frame. `reward="success"` relabels the rewards as the sparse 0/1 of
+    `next.success` (for demos recorded with dense rewards and an online run with sparse ones)."""
     from embodied.data.dataset import DatasetMismatchError, DemoDataset
 
     probe = _features(root)
     missing = [k for k in (*obs_keys, "action", "next.reward", "next.done") if k not in probe]
     if missing:
         raise DatasetMismatchError(f"{root} lacks {missing} for off-policy RL; it has {', '.join(sorted(probe))}.")
+    if reward not in ("dataset", "success"):
+        raise ValueError(f"reward must be 'dataset' or 'success'; got {reward!r}.")
+    if reward == "success" and "next.success" not in probe:
+        raise DatasetMismatchError(f"{root} has no next.success to relabel rewards from.")
     optional = [k for k in ("next.terminated", "next.success", "complementary_info.is_intervention") if k in probe]
     data = DemoDataset(root, keys=[*obs_keys, "action", "next.reward", "next.done", *optional], episodes=episodes,
                        progress=progress)
@@ -255,7 +260,8 @@ def from_lerobot(root: str | Path, obs_keys: tuple[str, ...] = OBS_KEYS, episode
         buffer.obs[k][:, 0] = data.data[k].to(buffer.device)
         buffer.next_obs[k][:, 0] = data.data[k][following].to(buffer.device)
     buffer.action[:, 0] = data.data["action"].to(buffer.device)
-    buffer.reward[:, 0] = data.data["next.reward"].reshape(frames).to(buffer.device)
+    rewards = data.data["next.success" if reward == "success" else "next.reward"].reshape(frames)
+    buffer.reward[:, 0] = rewards.float().to(buffer.device)
     buffer.terminated[:, 0] = terminated.to(buffer.device)
     buffer.done[:, 0] = done.to(buffer.device)
     if "complementary_info.is_intervention" in data.data:

@@ -138,7 +138,7 @@ class Trainer:
         # the architecture comes from the saved policy; how it samples (temperature, noise) and
         # its adapters (LoRA) from this config
         policy_cls = POLICIES[cfg.policy.kind]
-        fields = {f: getattr(cfg.policy, f) for f in (*policy_cls.sampling_fields, *policy_cls.adapter_fields)}
+        fields = {f: getattr(cfg.policy, f) for f in (*policy_cls.runtime_fields, *policy_cls.adapter_fields)}
         policy = Policy.from_pretrained(path, overrides=fields)
         if policy.chunk_size and getattr(policy.config, "action_dim", self.env.action_dim) != self.env.action_dim:
             raise ValueError(f"init_from {cfg.init_from} emits {policy.config.action_dim}-dim actions; the env takes {self.env.action_dim}.")

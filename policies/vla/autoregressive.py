@@ -56,6 +56,7 @@ class ARVLAConfig(PolicyConfig):
     chunk_size: int = 1  # T actions per decision, T * action_dim tokens
     state_keys: tuple[str, ...] = ("observation.state",)  # () for no state token
     state_dim: int = 0  # filled from the observation when 0
+    detach_critic: bool = False  # the value head learns on the backbone's features without changing them
     lora_rank: int = 0  # > 0: LoRA adapters on the backbone, which is then frozen (RL fine-tuning)
     lora_alpha: float = 16.0
     temperature: float = 1.0  # of the sampling distribution (and of the recorded log-probs)
@@ -81,7 +82,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
     kind = "ar_vla"
     config_class = ARVLAConfig
     backbone_name = "backbone"
-    sampling_fields = ("temperature",)
+    runtime_fields = ("temperature", "detach_critic")
 
     def __init__(self, config: ARVLAConfig, tokenizer: PreTrainedTokenizerFast | None = None):
         super().__init__(config)
@@ -251,7 +252,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         return PolicyOutput(
             action=action.view(n, self.config.chunk_size, self.config.action_dim),
             log_prob=token_log_prob.sum(-1),
-            value=self.value_head(hidden)[:, 0],
+            value=self.critic_value(hidden),
             extras={"tokens": tokens, "token_log_prob": token_log_prob},
         )
 
@@ -520,7 +521,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         ]
         entropy = -(log_probs.exp() * log_probs).sum(-1)
         elements = token_log_prob.view(tokens.shape[0], self.config.chunk_size, self.config.action_dim)
-        return elements, entropy.sum(-1), self.value_head(first_hidden)[:, 0]
+        return elements, entropy.sum(-1), self.critic_value(first_hidden)
 
     def value(self, obs: dict[str, Any]) -> torch.Tensor:
         prefix = self.prefix(obs)
@@ -530,7 +531,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
             attention_mask=prefix.attention_mask,
             position_ids=prefix.position_ids,
         ).last_hidden_state
-        return self.value_head(hidden[:, -1])[:, 0]
+        return self.critic_value(hidden[:, -1])
 
     def supervised_loss(
         self, obs: dict[str, Any], actions: torch.Tensor

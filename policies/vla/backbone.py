@@ -272,8 +272,16 @@ class VLAStateInputs:
     config: Any
     state_mean: torch.Tensor
     state_std: torch.Tensor
+    value_head: nn.Module
     backbone_name: ClassVar[str]  # the attribute holding the VisionLanguagePrefix
     adapter_fields = ("lora_rank", "lora_alpha")
+
+    def critic_value(self, features: torch.Tensor) -> torch.Tensor:
+        """(N,) value from the value head on (N, H) backbone features; with `detach_critic` the
+        value loss trains the head only and leaves the backbone (which the actor reads) alone."""
+        if self.config.detach_critic:
+            features = features.detach()
+        return self.value_head(features)[:, 0]
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """The vision-language backbone's trainable parameters (its LoRA adapters when enabled)."""

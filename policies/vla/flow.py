@@ -90,6 +90,7 @@ class FlowVLAConfig(PolicyConfig):
     value_hidden: int = 64
     state_keys: tuple[str, ...] = ("observation.state",)
     state_dim: int = 0  # filled from the env when 0 (no state token when state_keys is empty)
+    detach_critic: bool = False  # the value head learns on the backbone's features without changing them
     lora_rank: int = 0  # > 0: LoRA adapters on the backbone, which is then frozen (RL fine-tuning)
     lora_alpha: float = 16.0
 
@@ -219,7 +220,7 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
     kind = "flow_vla"
     config_class = FlowVLAConfig
     backbone_name = "prefix"
-    sampling_fields = ("stochastic_steps", "noise_level")
+    runtime_fields = ("stochastic_steps", "noise_level", "detach_critic")
 
     def __init__(self, config: FlowVLAConfig, tokenizer: PreTrainedTokenizerFast | None = None):
         super().__init__(config)
@@ -379,7 +380,7 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
         return PolicyOutput(
             action=chain[:, -1].clamp(-1.0, 1.0),
             log_prob=log_prob,
-            value=self.value_head(prefix.features)[:, 0],
+            value=self.critic_value(prefix.features),
             extras={"chain": chain},
         )
 
@@ -415,11 +416,11 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
             self.config.likelihood,
             self.config.noise_level,
         )
-        return elements, entropy, self.value_head(prefix.features)[:, 0]
+        return elements, entropy, self.critic_value(prefix.features)
 
     def value(self, obs: dict[str, Any]) -> torch.Tensor:
         """(N,) state value of an observation batch."""
-        return self.value_head(self.encode_prefix(obs).features)[:, 0]
+        return self.critic_value(self.encode_prefix(obs).features)
 
     def supervised_loss(
         self, obs: dict[str, Any], actions: torch.Tensor
