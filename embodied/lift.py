@@ -29,6 +29,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "vla_
 class LiftConfig:
     name: str = "lift"
     sft: str = ""  # the SFT recipe (configs/sft_*.yaml)
+    sft_checkpoint: str = ""  # start from this saved SFT policy instead of training one (S0: its evaluation)
     rl: str = ""  # the RL recipe (configs/ppo_*.yaml or grpo_*.yaml)
     sft_overrides: tuple[str, ...] = ()  # dotted overrides of the SFT recipe
     rl_overrides: tuple[str, ...] = ()
@@ -44,8 +45,8 @@ class LiftConfig:
 def run_lift(cfg: LiftConfig, command: str = "") -> dict[str, Any]:
     """Record (if needed), SFT, RL; returns the summary also written to <out>/lift.json.
     `command` is what reproduces it (stored with the results)."""
-    if not cfg.sft or not cfg.rl:
-        raise ValueError("A lift needs both `sft` and `rl` recipes.")
+    if not cfg.rl or not (cfg.sft or cfg.sft_checkpoint):
+        raise ValueError("A lift needs an `rl` recipe and an `sft` recipe or an `sft_checkpoint`.")
     out = Path(cfg.out or f"runs/{cfg.name}")
     if out.exists():
         if not cfg.overwrite:
@@ -54,15 +55,19 @@ def run_lift(cfg: LiftConfig, command: str = "") -> dict[str, Any]:
     out.mkdir(parents=True)
     save_config(cfg, out / "lift.yaml")
     common = [f"seed={cfg.seed}", f"eval.episodes={cfg.eval_episodes}"]
-    sft_cfg = load_config(TrainConfig, cfg.sft, [*cfg.sft_overrides, *common, f"algo.episodes={cfg.demos}",
-                                                 f"run_dir={out / 'sft'}", f"name={cfg.name}_sft"])
-    dataset = Path(sft_cfg.algo.dataset)
-    recorded = ensure_demos(dataset, sft_cfg, cfg.record_episodes or cfg.demos, cfg.seed)
     start = time.perf_counter()
-    print(f"[lift] SFT on {cfg.demos} demos of {dataset} -> {out / 'sft'}", flush=True)
-    s0 = Trainer(sft_cfg).train()
+    if cfg.sft_checkpoint:
+        s0, sft_cfg, recorded, init_from = evaluate_checkpoint(cfg, common, out)
+    else:
+        sft_cfg = load_config(TrainConfig, cfg.sft, [*cfg.sft_overrides, *common, f"algo.episodes={cfg.demos}",
+                                                     f"run_dir={out / 'sft'}", f"name={cfg.name}_sft"])
+        dataset = Path(sft_cfg.algo.dataset)
+        recorded = ensure_demos(dataset, sft_cfg, cfg.record_episodes or cfg.demos, cfg.seed)
+        print(f"[lift] SFT on {cfg.demos} demos of {dataset} -> {out / 'sft'}", flush=True)
+        s0 = Trainer(sft_cfg).train()
+        init_from = str(out / "sft")
     sft_seconds = time.perf_counter() - start
-    rl_cfg = load_config(TrainConfig, cfg.rl, [*cfg.rl_overrides, *common, f"init_from={out / 'sft'}",
+    rl_cfg = load_config(TrainConfig, cfg.rl, [*cfg.rl_overrides, *common, f"init_from={init_from}",
                                                f"run_dir={out / 'rl'}", f"name={cfg.name}_rl"])
     if rl_cfg.eval.seed != sft_cfg.eval.seed or rl_cfg.env.task != sft_cfg.env.task:
         raise ValueError("The SFT and RL recipes must evaluate the same task on the same seeds (eval.seed, env.task).")
@@ -75,7 +80,8 @@ def run_lift(cfg: LiftConfig, command: str = "") -> dict[str, Any]:
         "S0": s0["success_rate"], "S0_ci95": s0["success_ci95"], "S1": s1["success_rate"], "S1_ci95": s1["success_ci95"],
         "lift_points": 100 * (s1["success_rate"] - s0["success_rate"]),
         "eval_episodes": cfg.eval_episodes, "eval_seed": rl_cfg.eval.seed, "seeds": [cfg.seed], "demos": cfg.demos,
-        "recorded_demos": recorded, "sft_updates": sft_cfg.algo.total_updates, "sft_wall_s": sft_seconds,
+        "recorded_demos": recorded, "sft_checkpoint": init_from,
+        "sft_updates": getattr(sft_cfg.algo, "total_updates", None), "sft_wall_s": sft_seconds,
         "rl_env_steps": rl.env_steps, "rl_wall_s": rl.wall_time, "rl_total_wall_s": time.perf_counter() - start,
         "command": command, "sft_recipe": cfg.sft, "rl_recipe": cfg.rl,
         "sft_overrides": list(cfg.sft_overrides), "rl_overrides": list(cfg.rl_overrides),
@@ -88,6 +94,30 @@ def run_lift(cfg: LiftConfig, command: str = "") -> dict[str, Any]:
           f"({summary['lift_points']:+.1f} points) after {rl.env_steps} env steps of {summary['algorithm']}, "
           f"{summary['rl_wall_s']:.0f} s; report {out / 'index.html'}", flush=True)
     return summary
+
+
+def evaluate_checkpoint(cfg: LiftConfig, common: list[str], out: Path) -> tuple[dict, TrainConfig, int, str]:
+    """S0 of an existing SFT policy: evaluated as the RL run's final evaluation will be (its
+    env, held-out seed and episode count). Its run's config, when found, says how it was trained."""
+    import json as json_
+
+    from embodied.evaluate import evaluate_policy
+    from policies.base import Policy
+
+    checkpoint = Path(cfg.sft_checkpoint)
+    rl_cfg = load_config(TrainConfig, cfg.rl, [*cfg.rl_overrides, *common])
+    run_config = next((p / "config.yaml" for p in checkpoint.parents if (p / "config.yaml").is_file()), None)
+    sft_cfg = load_config(TrainConfig, run_config) if run_config else rl_cfg
+    if rl_cfg.torch_threads:
+        import torch
+
+        torch.set_num_threads(rl_cfg.torch_threads)
+    print(f"[lift] S0: evaluating {checkpoint} ({cfg.eval_episodes} episodes)", flush=True)
+    (out / "sft").mkdir(parents=True, exist_ok=True)
+    s0 = evaluate_policy(Policy.from_pretrained(checkpoint), rl_cfg.env, cfg.eval_episodes, rl_cfg.eval.seed,
+                         rl_cfg.eval.deterministic, video_path=out / "sft" / "videos" / "eval_s0.mp4")
+    (out / "sft" / "eval.json").write_text(json_.dumps(s0 | {"checkpoint": str(checkpoint)}, indent=2))
+    return s0, sft_cfg, 0, str(checkpoint)
 
 
 def ensure_demos(dataset: Path, sft_cfg: TrainConfig, episodes: int, seed: int) -> int:
@@ -121,7 +151,8 @@ def write_lift_page(out: Path, summary: dict[str, Any]) -> Path:
     """<out>/index.html: S0 -> S1, the RL curves, and the final videos of both runs."""
     from embodied.report import write_report
 
-    write_report(out / "sft")
+    if (out / "sft" / "metrics.jsonl").is_file():
+        write_report(out / "sft")
     write_report(out / "rl")
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
     videos = []

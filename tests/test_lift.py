@@ -47,3 +47,14 @@ def test_lift_records_trains_both_stages_and_writes_its_results(tmp_path):
     assert results["runs"]["mlp/Reach/ppo"]["S1"] == summary["S1"]
     page = (tmp_path / "lift" / "index.html").read_text()
     assert "rl/videos/" in page and "Reach" in page
+
+    # From an existing SFT checkpoint: S0 is that policy's evaluation on the same seeds, which
+    # reproduces the first lift's S0 exactly.
+    checkpoint = sorted((tmp_path / "lift" / "sft" / "checkpoints").glob("iter_*"))[-1] / "policy"
+    again = {"name": "again", "sft_checkpoint": str(checkpoint), "rl": str(tmp_path / "rl.yaml"), "eval_episodes": 4,
+             "out": str(tmp_path / "again"), "results_file": "", "rl_overrides": ["total_env_steps=128"]}
+    (tmp_path / "again.yaml").write_text(yaml.safe_dump(again))
+    assert main(["lift", str(tmp_path / "again.yaml")]) == 0
+    second = json.loads((tmp_path / "again" / "lift.json").read_text())
+    assert second["S0"] == summary["S0"] and second["sft_checkpoint"] == str(checkpoint)
+    assert second["rl_env_steps"] == 128
