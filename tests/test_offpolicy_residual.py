@@ -1,0 +1,155 @@
+"""Residual off-policy RL: the residual starts as the base, the ensemble target takes the min
+of a random pair, save/load keeps the base, and a short TD3/SAC run through the Trainer."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import sims
+from embodied.algos.offpolicy import QEnsemble, pair_min
+from embodied.algos.residual import Residual, ResidualConfig
+from embodied.config import load_config
+from embodied.data.replay import ReplayBuffer
+from embodied.runner.trainer import TrainConfig, Trainer
+from policies import MLPPolicyConfig, make_policy
+from policies.base import Policy
+from policies.residual import ResidualPolicy, ResidualPolicyConfig
+
+
+@pytest.fixture(scope="module")
+def reach():
+    env = sims.make("Reach", num_envs=8, obs_mode="state", seed=0)
+    return env, env.reset(seed=0)
+
+
+def saved_base(tmp_path, env, obs, chunk_size=1):
+    torch.manual_seed(0)
+    base = make_policy(MLPPolicyConfig(chunk_size=chunk_size), obs, env.action_dim)
+    with torch.no_grad():  # a base that does something: non-zero mean actions
+        base.actor[-1].weight.normal_(0, 0.3)
+        base.actor[-1].bias.uniform_(-0.5, 0.5)
+    base.observe(obs)
+    base.save_pretrained(tmp_path / "base")
+    return base
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4])
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_residual_is_the_identity_at_step_zero(tmp_path, reach, chunk_size, stochastic):
+    env, obs = reach
+    base = saved_base(tmp_path, env, obs, chunk_size)
+    policy = make_policy(ResidualPolicyConfig(base_path=str(tmp_path / "base"), stochastic=stochastic), obs, env.action_dim)
+    expected = base.act(obs, deterministic=True).action[:, 0].clamp(-1, 1)
+    assert expected.abs().max() > 0.1
+    assert torch.equal(policy.act(obs, deterministic=True).action[:, 0], expected)
+    if stochastic:  # tanh(0 + noise) with the zero last layer: noise only from the log std (0 -> std 1), scaled
+        assert (policy.act(obs).action[:, 0] - expected).abs().max() <= policy.config.scale + 1e-6
+    # only the residual actor trains; the base is frozen
+    assert all(not p.requires_grad for p in policy.base.parameters())
+    assert {n.split(".")[0] for n, p in policy.named_parameters() if p.requires_grad} == {"actor"}
+
+
+def test_residual_saves_with_its_base_and_reloads(tmp_path, reach):
+    env, obs = reach
+    saved_base(tmp_path, env, obs)
+    policy = make_policy(ResidualPolicyConfig(base_path=str(tmp_path / "base")), obs, env.action_dim)
+    with torch.no_grad():
+        policy.actor[-1].weight.normal_()
+    policy.save_pretrained(tmp_path / "residual")
+    (tmp_path / "base" / "model.safetensors").unlink()  # the folder must not depend on base_path any more
+    loaded = Policy.from_pretrained(tmp_path / "residual")
+    assert isinstance(loaded, ResidualPolicy)
+    assert torch.equal(loaded.act(obs, deterministic=True).action, policy.act(obs, deterministic=True).action)
+
+
+def test_pair_min_takes_two_distinct_members_at_random():
+    q = torch.arange(1.0, 5.0)[:, None].expand(4, 3)  # member e outputs e + 1
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([pair_min(q, g)[0] for _ in range(1200)])
+    assert set(draws.tolist()) == {1.0, 2.0, 3.0}, "the max member is never the min of a distinct pair"
+    frequencies = torch.stack([(draws == v).float().mean() for v in (1.0, 2.0, 3.0)])
+    assert torch.allclose(frequencies, torch.tensor([1 / 2, 1 / 3, 1 / 6]), atol=0.05)
+    two = torch.tensor([[1.0, 5.0], [2.0, 0.0]])
+    assert torch.equal(pair_min(two, g), torch.tensor([1.0, 0.0])), "E = 2: clipped double Q"
+
+
+class ConstantEnsemble(torch.nn.Module):
+    """Member e outputs e + 1 for every input."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = members
+
+    def forward(self, features, action):
+        return torch.arange(1.0, self.members + 1)[:, None].expand(self.members, features.shape[0])
+
+
+def test_critic_target_is_the_n_step_return_plus_the_discounted_min_of_a_random_pair(tmp_path, reach):
+    env, obs = reach
+    saved_base(tmp_path, env, obs)
+    policy = make_policy(ResidualPolicyConfig(base_path=str(tmp_path / "base")), obs, env.action_dim)
+    algo = Residual(policy, ResidualConfig(num_critics=4))
+    algo.target_critic = ConstantEnsemble(4)
+    batch = {
+        "obs": {k: obs[k][:4] for k in algo.obs_keys}, "next_obs": {k: obs[k][4:8] for k in algo.obs_keys},
+        "action": torch.zeros(4, env.action_dim), "n_step_reward": torch.tensor([0.0, 1.0, 0.5, 0.0]),
+        "discount": torch.tensor([0.9, 0.0, 0.81, 0.9]),
+    }
+    targets = set()
+    for _ in range(40):
+        _, stats = algo.critic_loss(batch)
+        target_q = stats["target_q"].item()
+        # mean of r + d * m over the batch with m the pair's min, shared by the batch
+        m = (target_q * 4 - batch["n_step_reward"].sum().item()) / batch["discount"].sum().item()
+        assert min(abs(m - v) for v in (1.0, 2.0, 3.0)) < 1e-5
+        targets.add(round(m))
+    assert targets == {1, 2, 3}
+
+
+def test_td3_and_sac_train_through_the_trainer_and_resume(tmp_path, reach):
+    env, obs = reach
+    saved_base(tmp_path, env, obs)
+    for actor in ("td3", "sac"):
+        cfg = load_config(TrainConfig, None, [
+            f"run_dir={tmp_path / actor}", "total_env_steps=480", "torch_threads=1",
+            "env.task=Reach", "env.num_envs=8", "env.obs_mode=state", "env.reward_mode=sparse",
+            "policy.kind=residual", f"policy.base_path={tmp_path / 'base'}", f"policy.stochastic={actor == 'sac'}",
+            "policy.hidden_sizes=[32, 32]",
+            "algo.name=residual", f"algo.actor={actor}", "algo.steps_per_iteration=10", "algo.updates_per_step=2",
+            "algo.warmup_steps=20", "algo.critic_warmup_updates=20", "algo.batch_size=32", "algo.buffer_steps=100",
+            "algo.critic_hidden_sizes=[32, 32]", "algo.num_critics=3",
+            "eval.every=0", "eval.episodes=8", "checkpoint.every=4",
+        ])
+        trainer = Trainer(cfg)
+        result = trainer.train()
+        assert trainer.env_steps == 480 and 0.0 <= result["success_rate"] <= 1.0
+        algo: Residual = trainer.algo
+        assert algo.updates == (60 - 10) * 2  # none before the iteration that completes the base warm-up
+        assert algo.buffer is not None and len(algo.buffer) == 480
+        assert policy_moved(trainer.policy), "the actor trained after the critic-only warm-up"
+        resumed = Trainer.from_run_dir(tmp_path / actor)
+        assert resumed.algo.updates == algo.updates and len(resumed.algo.buffer) == 480
+        assert torch.equal(resumed.algo.critic.net[0].weight, algo.critic.net[0].weight)
+
+
+def policy_moved(policy: ResidualPolicy) -> bool:
+    return bool(policy.actor[-1].weight.abs().sum() > 0)
+
+
+def test_residual_rejects_a_policy_it_cannot_train(reach):
+    env, obs = reach
+    mlp = make_policy(MLPPolicyConfig(), obs, env.action_dim)
+    with pytest.raises(ValueError, match="residual"):
+        Residual(mlp, ResidualConfig())
+    with pytest.raises(ValueError, match="base_path"):
+        make_policy(ResidualPolicyConfig(), obs, env.action_dim)
+
+
+def test_q_ensemble_members_are_independent():
+    critic = QEnsemble(5, 2, members=3, hidden_sizes=(16,))
+    q = critic(torch.randn(7, 5), torch.randn(7, 2))
+    assert q.shape == (3, 7) and not torch.allclose(q[0], q[1])
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in critic.modules())
+    buffer = ReplayBuffer(4, 1, {"x": (1,)}, 1)
+    assert dataclasses.is_dataclass(ResidualConfig) and len(buffer) == 0
