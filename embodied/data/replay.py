@@ -55,6 +55,8 @@ class ReplayBuffer:
         self.terminated = zeros(dtype=torch.bool)
         self.done = zeros(dtype=torch.bool)
         self.intervention = zeros(dtype=torch.bool)
+        # Monte-Carlo return-to-go where known (a dataset's, see `returns_to_go`), else -inf
+        self.return_to_go = torch.full((capacity, num_envs), float("-inf"), device=self.device)
         self.pos = 0  # the next time slot to write
         self.full = False
 
@@ -103,7 +105,7 @@ class ReplayBuffer:
     def gather(self, t: torch.Tensor, env: torch.Tensor, n_step: int = 1, gamma: float = 0.99) -> dict[str, Any]:
         """The transitions (t, env) with their n-step return, discount and bootstrap observation:
         {obs, action, reward (1-step), n_step_reward, discount, next_obs (n-step bootstrap),
-        terminated, done, intervention}; every value (B, ...)."""
+        terminated, done, intervention, return_to_go}; every value (B, ...)."""
         ahead = self._ahead(t)
         n_return = torch.zeros(t.shape[0], device=self.device)
         discount = torch.ones(t.shape[0], device=self.device)
@@ -127,6 +129,7 @@ class ReplayBuffer:
             "terminated": self.terminated[t, env],
             "done": self.done[t, env],
             "intervention": self.intervention[t, env],
+            "return_to_go": self.return_to_go[t, env],
         }
 
     def sample(self, batch_size: int, n_step: int = 1, gamma: float = 0.99,
@@ -313,3 +316,16 @@ def to_lerobot(buffer: ReplayBuffer, root: str | Path, fps: int = 20, task: str 
     finally:
         dataset.finalize()
     return len(episodes)
+
+
+def returns_to_go(buffer: ReplayBuffer, gamma: float) -> torch.Tensor:
+    """(capacity, N) discounted Monte-Carlo return from each transition to its episode's end
+    (Cal-QL's reference value). Episodes still open at the newest transition are treated as
+    ending there (a lower bound for non-negative rewards)."""
+    order = torch.arange(buffer.steps) if not buffer.full else (torch.arange(buffer.capacity) + buffer.pos) % buffer.capacity
+    returns = torch.zeros(buffer.capacity, buffer.num_envs, device=buffer.device)
+    running = torch.zeros(buffer.num_envs, device=buffer.device)
+    for slot in reversed(order.tolist()):
+        running = buffer.reward[slot] + gamma * running * (~buffer.done[slot]).float()
+        returns[slot] = running
+    return returns

@@ -1,0 +1,238 @@
+"""Offline-to-online RL: pretrain on a LeRobot dataset with rewards (Cal-QL or IQL), then keep
+learning online, WSRL-style (Zhou et al., "Efficient Online RL Fine-Tuning Need Not Retain
+Offline Data") or RLPD-style (Ball et al.), chosen by `online_mode`.
+
+The policy is a Gaussian MLP (`policy.kind: mlp`; its actions are clipped to [-1, 1] before
+they reach Q). The run, top to bottom:
+
+  1. offline: `offline_updates` gradient updates on the dataset alone (no env steps; the
+     Trainer's iterations run `updates_per_iteration` of them each), the method's losses
+     (embodied/algos/calql.py or iql.py) on n-step batches from the dataset buffer;
+  2. online, `online_mode`:
+       wsrl: the dataset is dropped; `wsrl_warmup_steps` batched env steps are collected with
+             the pretrained policy before any update (they seed the online buffer), then the
+             losses run on online data only, Cal-QL's conservative weight set to
+             `online_cql_alpha` (WSRL fine-tunes with plain SAC-style TD: 0);
+       rlpd: each batch is `offline_fraction` dataset and the rest online (symmetric sampling),
+             the losses unchanged.
+     Each iteration collects `steps_per_iteration` batched env steps, then runs
+     `updates_per_step` updates per step.
+
+`method: iql` uses the policy's own value head as V(s).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+
+from embodied.algos import calql, iql
+from embodied.algos.base import AlgoConfig, Algorithm, register_algo
+from embodied.algos.offpolicy import QEnsemble, collect_steps, pair_min, polyak
+from embodied.data.replay import ReplayBuffer, from_lerobot, returns_to_go, sample_mixed
+from policies.mlp import GaussianActorCritic
+
+
+@dataclasses.dataclass
+class O2OConfig(AlgoConfig):
+    name: str = "o2o"
+    method: Literal["calql", "iql"] = "calql"
+    dataset: str = ""  # a local LeRobotDataset with next.reward / next.done
+    dataset_reward: Literal["dataset", "success"] = "success"  # success: sparse 0/1 from next.success
+    online_mode: Literal["wsrl", "rlpd"] = "wsrl"
+    lr: float = 3e-4  # actor (and IQL's value head)
+    critic_lr: float = 3e-4
+    gamma: float = 0.97
+    n_step: int = 3
+    tau: float = 0.005
+    batch_size: int = 256
+    num_critics: int = 2
+    critic_hidden_sizes: tuple[int, ...] = (256, 256)
+    offline_updates: int = 5000
+    updates_per_iteration: int = 250  # offline updates between logs
+    buffer_steps: int = 20_000
+    steps_per_iteration: int = 25
+    updates_per_step: float = 4.0
+    wsrl_warmup_steps: int = 100
+    offline_fraction: float = 0.5  # rlpd
+    cql_alpha: float = 1.0
+    online_cql_alpha: float = 0.0  # wsrl's online conservative weight
+    cql_samples: int = 4
+    entropy_coef: float = 0.01  # SAC temperature of Cal-QL's actor (fixed)
+    iql_expectile: float = 0.8
+    iql_beta: float = 3.0
+    max_grad_norm: float = 10.0
+
+
+@register_algo
+class OfflineToOnline(Algorithm):
+    config_class = O2OConfig
+
+    def __init__(self, policy: GaussianActorCritic, cfg: O2OConfig):
+        super().__init__(policy, cfg)
+        if not isinstance(policy, GaussianActorCritic) or policy.chunk_size != 1:
+            raise ValueError("algo o2o trains a Gaussian MLP/CNN policy with chunk_size 1.")
+        if not cfg.dataset:
+            raise ValueError("algo.dataset must name a LeRobot dataset with rewards (embodied record writes one).")
+        spec = policy.feature_spec()
+        self.obs_keys = tuple(spec.vectors)
+        self.offline = from_lerobot(cfg.dataset, self.obs_keys, reward=cfg.dataset_reward)
+        self.offline.return_to_go = returns_to_go(self.offline, cfg.gamma)
+        stats = {k: (v[:, 0].mean(0), v[:, 0].std(0).clamp(min=1e-3)) for k, v in self.offline.obs.items()}
+        policy.set_normalization(stats)
+        self.action_dim = spec.action_dim
+        self.critic = QEnsemble(spec.vector_dim, self.action_dim, cfg.num_critics, tuple(cfg.critic_hidden_sizes))
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.buffer: ReplayBuffer | None = None
+        self.updates = 0
+        self.env_steps = 0
+        self.online_steps = 0
+        self.pending_updates = 0.0
+
+    @property
+    def offline_phase(self) -> bool:
+        return self.updates < self.cfg.offline_updates
+
+    # ------------------------------------------------------------------ collection
+    def collect(self, env, obs, tracker) -> tuple[dict[str, Any], Any, None]:
+        cfg = self.cfg
+        if self.offline_phase:
+            return {"env_steps": 0}, obs, None
+        if self.buffer is None:
+            shapes = {k: tuple(obs[k].shape[1:]) for k in self.obs_keys}
+            self.buffer = ReplayBuffer(cfg.buffer_steps, env.num_envs, shapes, env.action_dim, env.device)
+
+        def choose(o: dict[str, Any]) -> torch.Tensor:
+            self.online_steps += 1
+            return self.policy.act(o).action[:, 0].clamp(-1, 1)
+
+        obs = collect_steps(env, obs, cfg.steps_per_iteration, choose, self.buffer, tracker)
+        return {"env_steps": cfg.steps_per_iteration * env.num_envs}, obs, None
+
+    # ------------------------------------------------------------------ batches
+    def sample(self) -> dict[str, Any]:
+        """Offline: a dataset batch. Online: wsrl, online data only; rlpd, `offline_fraction`
+        dataset rows. Each row carries its return-to-go (-inf for online rows)."""
+        cfg = self.cfg
+        if self.offline_phase:
+            return self.offline.sample(cfg.batch_size, cfg.n_step, cfg.gamma, self.generator)
+        fraction = cfg.offline_fraction if cfg.online_mode == "rlpd" else 0.0
+        return sample_mixed(self.buffer, self.offline, cfg.batch_size, fraction, cfg.n_step, cfg.gamma, self.generator)
+
+    # ------------------------------------------------------------------ losses
+    def policy_sample(self, features: torch.Tensor, samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K, A) reparameterised actions in [-1, 1] and their log-probs (B, K)."""
+        dist = self.policy.distribution(features)
+        raw = dist.rsample((samples,))  # (K, B, A)
+        log_prob = dist.log_prob(raw).sum(-1)
+        return raw.clamp(-1, 1).transpose(0, 1), log_prob.transpose(0, 1)
+
+    def q_at(self, critic: QEnsemble, features: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q of K actions per state: features (B, F), actions (B, K, A) -> (E, B, K)."""
+        b, k, a = actions.shape
+        q = critic(features.repeat_interleave(k, 0), actions.reshape(b * k, a))
+        return q.view(-1, b, k)
+
+    def calql_losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Callable[[], torch.Tensor], dict[str, torch.Tensor]]:
+        """The critic loss, a function giving the actor loss (called after the critic's step,
+        with the critic frozen), and statistics."""
+        cfg = self.cfg
+        features = self.policy.features(batch["obs"]).detach()
+        with torch.no_grad():
+            next_features = self.policy.features(batch["next_obs"])
+            next_action, _ = self.policy_sample(next_features)
+            next_q = pair_min(self.q_at(self.target_critic, next_features, next_action)[..., 0], self.generator)
+            target = batch["n_step_reward"] + batch["discount"] * next_q
+        q_data = self.critic(features, batch["action"].clamp(-1, 1))
+        alpha = cfg.cql_alpha if self.offline_phase or cfg.online_mode == "rlpd" else cfg.online_cql_alpha
+        with torch.no_grad():
+            uniform = torch.rand(features.shape[0], cfg.cql_samples, self.action_dim, generator=self.generator) * 2 - 1
+            policy_actions, policy_log_prob = self.policy_sample(features, cfg.cql_samples)
+        q_uniform = self.q_at(self.critic, features, uniform)
+        q_policy = self.q_at(self.critic, features, policy_actions)
+        loss, stats = calql.critic_loss(q_data, target, q_uniform, q_policy, policy_log_prob, batch["return_to_go"],
+                                        self.action_dim, alpha)
+
+        def actor() -> torch.Tensor:
+            actions, log_prob = self.policy_sample(features)
+            return calql.actor_loss(log_prob[:, 0], self.q_at(self.critic, features, actions)[..., 0], cfg.entropy_coef)
+
+        return loss, actor, {**stats, "q": q_data.mean().detach()}
+
+    def iql_losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Callable[[], torch.Tensor], dict[str, torch.Tensor]]:
+        """Like `calql_losses`; the actor loss includes the value head's expectile loss."""
+        cfg = self.cfg
+        features = self.policy.features(batch["obs"]).detach()
+        action = batch["action"].clamp(-1, 1)
+        with torch.no_grad():
+            target_q = self.target_critic(features, action).min(0).values
+            next_value = self.policy.critic(self.policy.features(batch["next_obs"]))[:, 0]
+        value = self.policy.critic(features)[:, 0]
+        q = self.critic(features, action)
+        critic = iql.critic_loss(q, batch["n_step_reward"], batch["discount"], next_value)
+        weights = iql.awr_weights(target_q, value.detach(), cfg.iql_beta)
+        log_prob = self.policy.distribution(features).log_prob(action).sum(-1)
+        actor = iql.actor_loss(log_prob, weights) + iql.value_loss(target_q, value, cfg.iql_expectile)
+        return critic, lambda: actor, {"critic_loss": critic.detach(), "q": q.mean().detach(), "v": value.mean().detach(),
+                               "awr_weight": weights.mean()}
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch: dict[str, Any], iteration: int) -> dict[str, float]:
+        cfg = self.cfg
+        if self.offline_phase:
+            count = min(cfg.updates_per_iteration, cfg.offline_updates - self.updates)
+        else:
+            if cfg.online_mode == "wsrl" and self.online_steps <= cfg.wsrl_warmup_steps:
+                return {"buffer": float(len(self.buffer)), "updates": float(self.updates)}
+            self.pending_updates += cfg.updates_per_step * cfg.steps_per_iteration
+            count = int(self.pending_updates)
+            self.pending_updates -= count
+        totals: dict[str, float] = {}
+        losses = self.calql_losses if cfg.method == "calql" else self.iql_losses
+        for _ in range(count):
+            sample = self.sample()
+            critic, actor_loss, stats = losses(sample)
+            self.check_finite(critic, stats, iteration)
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            critic.backward()
+            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
+            self.critic_optimizer.step()
+            self.critic.requires_grad_(False)
+            actor = actor_loss()
+            self.check_finite(actor, {"actor_loss": actor.detach()}, iteration)
+            self.optimizer.zero_grad(set_to_none=True)
+            actor.backward()
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            self.critic.requires_grad_(True)
+            polyak(self.target_critic, self.critic, cfg.tau)
+            self.updates += 1
+            for key, value in {**stats, "actor_loss": actor.detach()}.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+        metrics = {k: v / max(count, 1) for k, v in totals.items()}
+        return {**metrics, "updates": float(self.updates), "offline": float(self.offline_phase)}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "critic": self.critic.state_dict(), "target_critic": self.target_critic.state_dict(),
+                "critic_optimizer": self.critic_optimizer.state_dict(), "updates": self.updates,
+                "online_steps": self.online_steps, "pending_updates": self.pending_updates,
+                "buffer": self.buffer.state_dict() if self.buffer is not None else None,
+                "buffer_shapes": (self.buffer.obs_shapes, self.buffer.num_envs, self.buffer.action_dim) if self.buffer else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.critic.load_state_dict(state["critic"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.updates, self.online_steps, self.pending_updates = state["updates"], state["online_steps"], state["pending_updates"]
+        if state["buffer"] is not None:
+            shapes, num_envs, action_dim = state["buffer_shapes"]
+            self.buffer = ReplayBuffer(self.cfg.buffer_steps, num_envs, shapes, action_dim)
+            self.buffer.load_state_dict(state["buffer"])
