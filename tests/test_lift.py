@@ -58,3 +58,23 @@ def test_lift_records_trains_both_stages_and_writes_its_results(tmp_path):
     second = json.loads((tmp_path / "again" / "lift.json").read_text())
     assert second["S0"] == summary["S0"] and second["sft_checkpoint"] == str(checkpoint)
     assert second["rl_env_steps"] == 128
+
+
+def test_every_lift_recipe_and_the_recipes_it_names_load():
+    from pathlib import Path
+
+    from embodied.config import load_config
+    from embodied.lift import LiftConfig
+    from embodied.runner.trainer import TrainConfig
+
+    recipes = sorted(Path("configs").glob("lift_*.yaml"))
+    assert len(recipes) >= 6
+    for path in recipes:
+        lift = load_config(LiftConfig, path)
+        rl = load_config(TrainConfig, lift.rl, lift.rl_overrides)
+        assert rl.algo.name in ("ppo", "grpo") and rl.policy.kind in ("flow_vla", "ar_vla"), path
+        if lift.sft:
+            sft = load_config(TrainConfig, lift.sft, lift.sft_overrides)
+            assert sft.algo.name == "sft" and sft.policy.kind == rl.policy.kind and sft.env.task == rl.env.task, path
+        else:
+            assert lift.sft_checkpoint, path
