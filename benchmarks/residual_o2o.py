@@ -1,0 +1,151 @@
+"""Residual off-policy RL on a BC base: start and end success, env steps, wall time.
+
+    uv run python -m benchmarks.residual_o2o --quick      # small budget; last line RESULT residual_lift=<points>
+    uv run python -m benchmarks.residual_o2o              # the full recipe (configs/residual_pickcube_mlp.yaml)
+    uv run python -m benchmarks.residual_o2o --curves runs/residual_pickcube_mlp runs/ppo_from_base_pickcube
+
+Steps: record PickCube demos if data/PickCube is missing; train the BC base
+(configs/sft_pickcube_mlp.yaml) if its run directory is missing; evaluate the base on the
+held-out seeds the residual run evaluates on (S0); train the residual recipe from it; its
+final evaluation is S1 (same seeds, same episode count). The lift is S1 - S0 in points.
+Results merge into benchmarks/results/residual_o2o.json under "<recipe>/<task>"
+(quick runs under "<recipe>-quick/<task>"). `--curves` plots eval success against env steps
+of finished runs (residual vs PPO from the same base) into benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import RESULTS_DIR, machine_info
+
+RESULTS = RESULTS_DIR / "residual_o2o.json"
+RECIPE = "configs/residual_pickcube_mlp.yaml"
+BASE_RECIPE = "configs/sft_pickcube_mlp.yaml"
+
+
+def ensure_base(base_dir: Path, dataset: str, seed: int) -> None:
+    """Record demos and train the BC base when they are missing."""
+    from embodied.config import load_config
+    from embodied.data.record import RecordConfig, record
+    from embodied.runner.trainer import TrainConfig, Trainer
+
+    if not (Path(dataset) / "meta" / "info.json").is_file():
+        record(RecordConfig(task="PickCube", episodes=100, root=dataset, seed=0), progress=False)
+    if not (base_dir / "checkpoints" / "latest").exists():
+        cfg = load_config(TrainConfig, BASE_RECIPE, [f"run_dir={base_dir}", f"seed={seed}", "torch_threads=1",
+                                                     f"algo.dataset={dataset}"])
+        Trainer(cfg).train()
+
+
+def run_residual(overrides: list[str], out: Path) -> dict[str, Any]:
+    """S0 (the base on the residual run's held-out seeds), the residual run, S1."""
+    from embodied.config import load_config
+    from embodied.evaluate import evaluate_policy
+    from embodied.runner.trainer import TrainConfig, Trainer
+    from policies.base import Policy
+    from policies.residual import resolve_policy_folder
+
+    cfg = load_config(TrainConfig, RECIPE, [f"run_dir={out}", *overrides])
+    torch.set_num_threads(cfg.torch_threads or 1)
+    base = Policy.from_pretrained(resolve_policy_folder(cfg.policy.base_path))
+    s0 = evaluate_policy(base, cfg.env, cfg.eval.episodes, cfg.eval.seed, cfg.eval.deterministic)
+    start = time.perf_counter()
+    trainer = Trainer(cfg)
+    s1 = trainer.train()
+    return {
+        "task": cfg.env.task, "base": cfg.policy.base_path, "seed": cfg.seed, "eval_seed": cfg.eval.seed,
+        "eval_episodes": cfg.eval.episodes, "start_success": s0["success_rate"], "end_success": s1["success_rate"],
+        "end_success_ci95": s1["success_ci95"], "lift_points": 100 * (s1["success_rate"] - s0["success_rate"]),
+        "env_steps": trainer.env_steps, "gradient_updates": trainer.algo.updates,
+        "train_wall_s": trainer.wall_time, "total_wall_s": time.perf_counter() - start, "run_dir": str(out),
+        "overrides": overrides,
+    }
+
+
+def merge_result(key: str, entry: dict[str, Any], command: str) -> None:
+    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": "residual_o2o", "results": {}}
+    data["results"][key] = {**entry, "command": command, "machine": machine_info()}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def eval_curve(run_dir: Path) -> tuple[list[int], list[float], list[float]]:
+    """(env steps, eval success, wall seconds) of a run's evaluations, from metrics.jsonl."""
+    steps, success, wall = [], [], []
+    last_wall = 0.0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        last_wall = row.get("time/wall_s", last_wall)
+        if "eval/success_rate" in row:
+            steps.append(int(row["env_steps"]))
+            success.append(float(row["eval/success_rate"]))
+            wall.append(last_wall)
+    return steps, success, wall
+
+
+def plot_curves(runs: list[Path], start_success: float | None, path: Path) -> None:
+    """Eval success against env steps, one line per run, the base's S0 as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in runs:
+        steps, success, _ = eval_curve(run)
+        label = run.name
+        ax.plot([0, *steps], [start_success if start_success is not None else float("nan"), *success], marker="o", label=label)
+    if start_success is not None:
+        ax.axhline(start_success, linestyle="--", color="gray", label="BC base (S0)")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("held-out success (100 episodes)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small budget (8k env steps, 50 eval episodes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base", default="runs/offpolicy_base_pickcube", help="the BC base's run directory")
+    parser.add_argument("--dataset", default="data/PickCube")
+    parser.add_argument("--out", default="", help="run directory (default runs/residual_o2o[_quick]_<seed>)")
+    parser.add_argument("--curves", nargs="*", help="plot eval curves of these finished run directories and exit")
+    args = parser.parse_args()
+    if args.curves:
+        base_eval = Path(args.base) / "eval.json"
+        s0 = json.loads(base_eval.read_text())["success_rate"] if base_eval.is_file() else None
+        path = RESULTS_DIR / "residual_vs_ppo_pickcube.png"
+        plot_curves([Path(r) for r in args.curves], s0, path)
+        print(f"wrote {path}")
+        return
+    torch.set_num_threads(1)
+    ensure_base(Path(args.base), args.dataset, args.seed)
+    overrides = [f"seed={args.seed}", f"policy.base_path={args.base}", f"algo.demo_dataset={args.dataset}"]
+    if args.quick:
+        overrides += ["total_env_steps=8000", "eval.episodes=50", "eval.every=0", "checkpoint.every=0"]
+    out = Path(args.out or f"runs/residual_o2o{'_quick' if args.quick else ''}_{args.seed}")
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    entry = run_residual(overrides, out)
+    command = f"uv run python -m benchmarks.residual_o2o{' --quick' if args.quick else ''} --seed {args.seed}"
+    merge_result(f"residual_td3{'-quick' if args.quick else ''}/{entry['task']}", entry, command)
+    print(json.dumps({k: entry[k] for k in ("start_success", "end_success", "env_steps", "train_wall_s")}))
+    print(f"RESULT residual_lift={entry['lift_points']:.1f}")
+
+
+if __name__ == "__main__":
+    main()

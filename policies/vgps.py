@@ -1,0 +1,84 @@
+"""Value-guided policy steering (V-GPS, Nakamoto et al., 2024): at deployment, sample K action
+chunks from any base policy and execute the one a learned Q ranks highest. The base's weights
+do not change.
+
+    chunks a_1..a_K ~ base(. | s)           (K stochastic samples, (N, K, T, A))
+    k* = argmax_k  min_e Q_e(features(s), a_k[first action])
+    act(s) = a_{k*}
+
+Q is any callable `(features (B, F), action (B, A)) -> (E, B)`: the critic of a residual or
+offline-to-online run (`load_run_critic` reads one from a run's latest checkpoint). Features
+are the base's own (`base.features`) when it has them, which is what those critics were
+trained on. Chunks are scored by their first action (the critics score single actions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from policies.base import Policy, PolicyOutput
+
+QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class ValueGuidedPolicy(Policy):
+    """base + a Q function: the best of `num_samples` sampled chunks (not saved as a kind of
+    its own: wrap a loaded base and critic at deployment)."""
+
+    kind = "vgps"
+    config_class = dict
+
+    def __init__(self, base: Policy, q_function: QFunction, num_samples: int = 16,
+                 features: Callable[[dict[str, Any]], torch.Tensor] | None = None):
+        super().__init__(getattr(base, "config", {}))
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1; got {num_samples}.")
+        self.base = base.eval().requires_grad_(False)
+        self.q_function = q_function
+        self.num_samples = num_samples
+        self.features_fn = features or getattr(base, "features", None)
+        if self.features_fn is None:
+            raise ValueError(f"{type(base).__name__} has no `features`; pass the features the critic was trained on.")
+
+    @torch.no_grad()
+    def scores(self, obs: dict[str, Any], chunks: torch.Tensor) -> torch.Tensor:
+        """(N, K) pessimistic Q (min over the ensemble) of chunks (N, K, T, A) by their first action."""
+        n, k = chunks.shape[:2]
+        features = self.features_fn(obs)
+        q = self.q_function(features.repeat_interleave(k, 0), chunks[:, :, 0].reshape(n * k, -1).clamp(-1, 1))
+        return q.min(0).values.view(n, k)
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, Any], deterministic: bool = False) -> PolicyOutput:
+        """`deterministic` is ignored for the sampling (V-GPS needs K distinct proposals) and
+        kept in the ranking: the argmax is deterministic given the samples."""
+        chunks = torch.stack([self.base.act(obs, deterministic=False).action for _ in range(self.num_samples)], dim=1)
+        best = self.scores(obs, chunks).argmax(1)
+        action = chunks[torch.arange(chunks.shape[0]), best]
+        return PolicyOutput(action=action, log_prob=torch.zeros(action.shape[0], device=action.device),
+                            extras={"chosen": best})
+
+    def evaluate(self, obs, actions, extras):
+        raise NotImplementedError("V-GPS is a deployment-time wrapper; train the base or the critic instead.")
+
+
+def load_run_critic(run_dir: str | Path) -> torch.nn.Module:
+    """The Q ensemble of an off-policy run (algo residual or o2o) from its latest checkpoint."""
+    from embodied.algos.offpolicy import QEnsemble
+    from embodied.runner.checkpoint import latest_checkpoint
+
+    state = torch.load(latest_checkpoint(Path(run_dir)) / "trainer.pt", weights_only=False)["algo"]
+    if "critic" not in state:
+        raise ValueError(f"{run_dir} holds no Q ensemble (an off-policy run's checkpoint has one).")
+    weights = state["critic"]
+    first = weights["net.0.weight"]  # (E, F + A, hidden)
+    layers = sorted(int(k.split(".")[1]) for k in weights if k.endswith(".weight") and weights[k].dim() == 3)
+    hidden = tuple(int(weights[f"net.{i}.weight"].shape[2]) for i in layers[:-1])
+    # forward concatenates features and action, so only their total width matters here
+    critic = QEnsemble(first.shape[1] - 1, 1, first.shape[0], hidden)
+    critic.load_state_dict(weights)
+    return critic.eval().requires_grad_(False)
