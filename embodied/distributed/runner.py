@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,10 @@ class RayTrainer:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(cfg.seed)
+        self.plan = plan_placement(d)
+        # Ray's CPUs are scheduling slots: a local Ray gets at least one per actor, or actors
+        # that do not fit would wait forever.
+        needed = sum(a.num_cpus for actors in self.plan.values() for a in actors)
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             init: dict[str, Any] = {
@@ -96,10 +102,15 @@ class RayTrainer:
             }
             if d.address:
                 init["address"] = d.address
-            elif d.num_cpus:
-                init["num_cpus"] = d.num_cpus
+            else:
+                init["num_cpus"] = d.num_cpus or max(os.cpu_count() or 1, math.ceil(needed))
             ray.init(**init)
-        self.plan = plan_placement(d)
+        available = ray.cluster_resources().get("CPU", 0.0)
+        if available < needed:
+            raise ValueError(
+                f"The Ray cluster has {available:g} CPUs; the run's {sum(map(len, self.plan.values()))} actors need "
+                f"{needed:g} (distributed.cpus_per_actor={d.cpus_per_actor:g}). Lower cpus_per_actor or raise num_cpus."
+            )
         env_cfg = dataclasses.replace(cfg.env, seed=cfg.seed)
         per_worker = cfg.env.num_envs // d.num_env_workers
         threads = cfg.torch_threads or 1

@@ -344,7 +344,7 @@ class LearnerWorker:
             state = get_model_state_dict(
                 self.wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
             )
-            state = {k.removeprefix("policy."): v for k, v in state.items()}
+            state = {k.removeprefix("policy."): v.detach().cpu().clone() for k, v in state.items()}
         else:
             state = {k: v.detach().cpu().clone() for k, v in self.policy.state_dict().items()}
         return state if self.rank == 0 else None
