@@ -69,6 +69,25 @@ def run_residual(overrides: list[str], out: Path) -> dict[str, Any]:
     }
 
 
+def entry_from_run(run_dir: Path, base_dir: Path, recipe: str) -> dict[str, Any]:
+    """An entry from a run's logged evaluations (its last one) and the base's eval.json (same
+    held-out seeds and episode count), for runs trained with `embodied train`."""
+    import yaml
+
+    steps, success, wall = eval_curve(run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    base = json.loads((base_dir / "eval.json").read_text())
+    if base["episodes"] != cfg["eval"]["episodes"] or base["seed"] != cfg["eval"]["seed"]:
+        raise ValueError("The base was evaluated on other held-out episodes than the run.")
+    return {
+        "task": cfg["env"]["task"], "base": str(base_dir), "seed": cfg["seed"], "eval_seed": cfg["eval"]["seed"],
+        "eval_episodes": cfg["eval"]["episodes"], "start_success": base["success_rate"], "end_success": success[-1],
+        "lift_points": 100 * (success[-1] - base["success_rate"]), "env_steps": steps[-1],
+        "train_wall_s": wall[-1], "curve": {"env_steps": steps, "success": success, "wall_s": wall},
+        "run_dir": str(run_dir), "recipe": recipe,
+    }
+
+
 def merge_result(key: str, entry: dict[str, Any], command: str) -> None:
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": "residual_o2o", "results": {}}
     data["results"][key] = {**entry, "command": command, "machine": machine_info()}
@@ -122,6 +141,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="data/PickCube")
     parser.add_argument("--out", default="", help="run directory (default runs/residual_o2o[_quick]_<seed>)")
     parser.add_argument("--curves", nargs="*", help="plot eval curves of these finished run directories and exit")
+    parser.add_argument("--from-run", nargs=2, metavar=("KEY", "RUN_DIR"),
+                        help="record an entry KEY (e.g. residual_td3/PickCube) from a trained run's logged evaluations")
     args = parser.parse_args()
     if args.curves:
         base_eval = Path(args.base) / "eval.json"
@@ -129,6 +150,12 @@ def main() -> None:
         path = RESULTS_DIR / "residual_vs_ppo_pickcube.png"
         plot_curves([Path(r) for r in args.curves], s0, path)
         print(f"wrote {path}")
+        return
+    if args.from_run:
+        key, run = args.from_run
+        entry = entry_from_run(Path(run), Path(args.base), f"configs/{Path(run).name}.yaml")
+        merge_result(key, entry, f"uv run embodied train configs/{Path(run).name}.yaml")
+        print(json.dumps({k: entry[k] for k in ("start_success", "end_success", "env_steps", "train_wall_s")}))
         return
     torch.set_num_threads(1)
     ensure_base(Path(args.base), args.dataset, args.seed)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from embodied.algos import calql, iql
+from embodied.algos import calql, iql, parl
 from embodied.config import load_config
 from embodied.data.record import RecordConfig, record
 from embodied.data.replay import ReplayBuffer, returns_to_go
@@ -79,8 +79,27 @@ def mixed_reach(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize(("method", "mode"), [("calql", "wsrl"), ("iql", "rlpd")])
-def test_offline_then_online_runs_through_the_trainer(tmp_path, mixed_reach, method, mode):
+def test_parl_keeps_the_best_sample_and_refines_it_uphill_on_q():
+    target = torch.tensor([0.3, -0.2])
+
+    def q_function(features, action):  # two members, the min is the second
+        q = -(action - target).pow(2).sum(1)
+        return torch.stack([q + 1.0, q])
+
+    g = torch.Generator().manual_seed(0)
+    candidates = torch.rand(5, 8, 2, generator=g) * 2 - 1
+    sampled_q = -(candidates - target).pow(2).sum(2)
+    chosen, stats = parl.improve_actions(q_function, torch.zeros(5, 3), candidates, keep=2, steps=0)
+    assert torch.equal(chosen, candidates[torch.arange(5), sampled_q.argmax(1)]), "no steps: the best sample"
+    refined, stats = parl.improve_actions(q_function, torch.zeros(5, 3), candidates, keep=2, steps=10, step_size=0.1)
+    # gradient ascent on -(a - t)^2 with step 0.1 shrinks the distance by 0.8 per step
+    assert torch.all(-(refined - target).pow(2).sum(1) >= sampled_q.max(1).values - 1e-6)
+    assert stats["q_improved"] > stats["q_sampled_best"]
+
+
+@pytest.mark.parametrize(("method", "mode", "actor"), [("calql", "wsrl", "native"), ("iql", "rlpd", "native"),
+                                                       ("calql", "rlpd", "parl")])
+def test_offline_then_online_runs_through_the_trainer(tmp_path, mixed_reach, method, mode, actor):
     cfg = load_config(TrainConfig, None, [
         f"run_dir={tmp_path / method}", "total_env_steps=320", "torch_threads=1",
         "env.task=Reach", "env.num_envs=8", "env.obs_mode=state", "env.reward_mode=sparse",
@@ -88,7 +107,7 @@ def test_offline_then_online_runs_through_the_trainer(tmp_path, mixed_reach, met
         "algo.name=o2o", f"algo.method={method}", f"algo.online_mode={mode}", f"algo.dataset={mixed_reach}",
         "algo.offline_updates=30", "algo.updates_per_iteration=10", "algo.batch_size=32", "algo.buffer_steps=100",
         "algo.critic_hidden_sizes=[32, 32]", "algo.steps_per_iteration=10", "algo.updates_per_step=1",
-        "algo.wsrl_warmup_steps=10", "algo.cql_samples=2",
+        "algo.wsrl_warmup_steps=10", "algo.cql_samples=2", f"algo.actor_update={actor}", "algo.parl_samples=4",
         "eval.every=0", "eval.episodes=8", "checkpoint.every=0",
     ])
     trainer = Trainer(cfg)

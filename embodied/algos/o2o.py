@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 
-from embodied.algos import calql, iql
+from embodied.algos import calql, iql, parl
 from embodied.algos.base import AlgoConfig, Algorithm, register_algo
 from embodied.algos.offpolicy import QEnsemble, collect_steps, pair_min, polyak
 from embodied.data.replay import ReplayBuffer, from_lerobot, returns_to_go, sample_mixed
@@ -65,6 +65,11 @@ class O2OConfig(AlgoConfig):
     entropy_coef: float = 0.01  # SAC temperature of Cal-QL's actor (fixed)
     iql_expectile: float = 0.8
     iql_beta: float = 3.0
+    actor_update: Literal["native", "parl"] = "native"  # native: the method's own (SAC / AWR); parl: PA-RL
+    parl_samples: int = 16
+    parl_keep: int = 4
+    parl_steps: int = 5
+    parl_step_size: float = 0.03
     max_grad_norm: float = 10.0
 
 
@@ -182,6 +187,27 @@ class OfflineToOnline(Algorithm):
         return critic, lambda: actor, {"critic_loss": critic.detach(), "q": q.mean().detach(), "v": value.mean().detach(),
                                "awr_weight": weights.mean()}
 
+    def parl_actor_loss(self, batch: dict[str, Any], stats: dict[str, torch.Tensor]) -> Callable[[], torch.Tensor]:
+        """PA-RL (embodied/algos/parl.py): the policy's own supervised loss on the best refined
+        of `parl_samples` of its actions (IQL: plus the value head's expectile loss)."""
+        cfg = self.cfg
+
+        def loss() -> torch.Tensor:
+            features = self.policy.features(batch["obs"]).detach()
+            with torch.no_grad():
+                candidates, _ = self.policy_sample(features, cfg.parl_samples)
+            chosen, improve_stats = parl.improve_actions(self.critic, features, candidates, cfg.parl_keep, cfg.parl_steps,
+                                                         cfg.parl_step_size)
+            stats.update(improve_stats)
+            distil, _ = self.policy.supervised_loss(batch["obs"], chosen[:, None])
+            if cfg.method == "iql":
+                with torch.no_grad():
+                    target_q = self.target_critic(features, batch["action"].clamp(-1, 1)).min(0).values
+                distil = distil + iql.value_loss(target_q, self.policy.critic(features)[:, 0], cfg.iql_expectile)
+            return distil
+
+        return loss
+
     # ------------------------------------------------------------------ update
     def update(self, batch: dict[str, Any], iteration: int) -> dict[str, float]:
         cfg = self.cfg
@@ -198,6 +224,8 @@ class OfflineToOnline(Algorithm):
         for _ in range(count):
             sample = self.sample()
             critic, actor_loss, stats = losses(sample)
+            if cfg.actor_update == "parl":
+                actor_loss = self.parl_actor_loss(sample, stats)
             self.check_finite(critic, stats, iteration)
             self.critic_optimizer.zero_grad(set_to_none=True)
             critic.backward()
