@@ -1,7 +1,7 @@
 """The deployment runner: ``embodied deploy --robot CONFIG --policy CHECKPOINT_OR_URL``.
 
 A fixed-rate loop (absolute schedule, ``1 / control_hz``; a tick more than one period late
-re-anchors the schedule and counts an overrun instead of sending a burst) that per tick reads an observation,
+skips a period and counts an overrun instead of sending a burst) that per tick reads an observation,
 takes the next action from the policy's chunks, lets a corrector take over where it wants,
 sends the action through the safety layer and records the frame:
 
@@ -241,13 +241,6 @@ def deploy(
     moving: any exception or Ctrl-C holds it, writes the episode so far and disconnects."""
     display = display or LiveDisplay(enabled=cfg.display)
     chunker = ActionChunker(cfg.chunking, cfg.actions_per_chunk, cfg.ensemble_decay)
-    if not robot.is_connected:
-        robot.connect()
-    hz = robot.control_hz
-    if not cfg.realtime:
-        if not robot.episode_status():
-            raise ValueError("realtime: false is for simulated robots only; a real arm runs at its control rate.")
-        robot.rate_limit = False  # simulated time: steps may come faster than the wall-clock rate
     recorder = None
     summary: dict[str, Any] = {
         "episodes": 0, "successes": 0, "steps": 0, "intervention_steps": 0, "policy_failures": 0, "overruns": 0,
@@ -256,6 +249,13 @@ def deploy(
     latencies: list[float] = []
     jitter: list[float] = []
     try:
+        if not robot.is_connected:
+            robot.connect()
+        hz = robot.control_hz
+        if not cfg.realtime:
+            if not robot.episode_status():
+                raise ValueError("realtime: false is for simulated robots only; a real arm runs at its control rate.")
+            robot.rate_limit = False  # simulated time: steps may come faster than the wall-clock rate
         if policy is None:
             policy = open_policy(cfg, hz)
         summary["policy_metadata"] = policy.metadata
@@ -281,7 +281,7 @@ def deploy(
                 f" ({result['interventions']} takeover steps){' - ' + result['error'] if result['error'] else ''}"
             )
             if result["error"]:
-                policy = _reconnect(policy, cfg, hz, summary)
+                policy = _reconnect(policy, cfg, summary)
                 if policy is None:
                     break
     except KeyboardInterrupt:
@@ -363,9 +363,10 @@ def _run_episode(robot, cfg, policy, chunker, corrector, recorder, display, epis
                 delay = scheduled - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-                elif delay < -period:  # a whole tick missed: re-anchor rather than send a burst
+                elif delay < -period:  # a whole tick missed: skip it rather than send a burst
                     summary["overruns"] += 1
-                    scheduled = time.perf_counter()
+                    scheduled = time.perf_counter() + period
+                    time.sleep(period)
     finally:
         summary["steps"] += step
         summary["intervention_steps"] += interventions
@@ -374,7 +375,7 @@ def _run_episode(robot, cfg, policy, chunker, corrector, recorder, display, epis
     return {"success": bool(status.get("success", False)), "steps": step, "interventions": interventions, "error": error}
 
 
-def _reconnect(policy, cfg: DeployConfig, hz: float, summary: dict):
+def _reconnect(policy, cfg: DeployConfig, summary: dict):
     """After a lost server: the client reconnected, or None (the run stops) if it cannot."""
     if not hasattr(policy, "reconnect"):
         return policy
@@ -414,6 +415,9 @@ def run_from_files(robot_config: str | Path, cfg: DeployConfig, overrides: tuple
     finally:
         if keyboard is not None:
             keyboard.stop()
+        from real_robot.ros.transport import RosbridgeTransport
+
+        RosbridgeTransport.stop_event_loop()  # the CLI's process ends here
 
 
 __all__ = ["ActionChunker", "DeployConfig", "KeyboardCorrector", "LiveDisplay", "ScriptedCorrector", "deploy", "run_from_files"]

@@ -99,6 +99,7 @@ class SimRobot(Robot):
         self._env()
         with self._lock:
             obs = dict(self._obs)
+        obs["timestamp"] = time.time()  # the simulation stands still between steps: its state is current
         return obs
 
     def send_action(self, action: dict[str, Any]) -> dict[str, Any]:

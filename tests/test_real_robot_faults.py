@@ -22,6 +22,7 @@ from real_robot.sim_robot import SimRobot, SimRobotConfig
 
 TIMEOUT = 0.2  # the watchdog bound under test (the default)
 HZ = 20.0
+SLACK = 0.1  # thread wake-up latency on a loaded 2-core machine
 
 
 class FaultySim(SimRobot):
@@ -77,7 +78,7 @@ def test_camera_stops_publishing(policy, tmp_path):
     summary = deploy(safety, cfg, policy=policy)
     assert summary["aborted"] is None and summary["steps"] == 20
     stale = first_event(safety, "reject", "stale observation")
-    assert stale.time - robot.fault_time <= TIMEOUT + 1 / HZ + 0.05  # held by the first tick past the bound
+    assert stale.time - robot.fault_time <= TIMEOUT + 1 / HZ + SLACK  # held by the first tick past the bound
     assert robot.steps < 20  # commands after the stall never reached the arm
     assert load(tmp_path / "d").num_frames == 20  # every tick recorded (held ones with the hold action)
 
@@ -135,7 +136,7 @@ def test_stalled_policy_is_covered_by_the_watchdog(policy):
     assert summary["aborted"] is None
     hold = first_event(safety, "hold", "watchdog")  # the arm is held while the policy hangs
     assert robot.holds >= 1
-    assert TIMEOUT <= hold_delay(safety, hold) <= TIMEOUT * 1.25 + 0.06
+    assert TIMEOUT <= hold_delay(safety, hold) <= TIMEOUT * 1.25 + SLACK
     assert robot.steps == 3  # answers computed on a >200 ms old observation are refused too
     assert any("stale observation" in e.reason for e in safety.events if e.kind == "reject")
 
@@ -236,5 +237,5 @@ def test_runner_thread_killed_robot_held_by_watchdog(policy):
     gone = time.time()
     time.sleep(TIMEOUT * 2)
     hold = first_event(safety, "hold", "watchdog")
-    assert hold.time - gone <= TIMEOUT + 0.06 and TIMEOUT <= hold_delay(safety, hold) <= TIMEOUT * 1.25 + 0.06
+    assert hold.time - gone <= TIMEOUT + SLACK and TIMEOUT <= hold_delay(safety, hold) <= TIMEOUT * 1.25 + SLACK
     safety.disconnect()

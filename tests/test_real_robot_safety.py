@@ -193,7 +193,7 @@ def test_watchdog_holds_within_bound_when_commands_stop():
         time.sleep(0.005)
     assert robot.holds == 1
     hold = next(e for e in safety.events if e.kind == "hold")
-    assert 0.1 <= hold.time - last <= 0.1 * 1.25 + 0.05  # timeout + one poll + scheduling slack
+    assert 0.1 <= hold.time - last <= 0.1 * 1.25 + 0.1  # timeout + one poll + thread wake-up on a loaded machine
     assert "watchdog" in hold.reason
     time.sleep(0.3)
     assert robot.holds == 1  # held once, not re-held every poll

@@ -134,7 +134,10 @@ class RosRobot(Robot):
             return
         c = self.cfg
         self.transport = self.transport or make_transport(c)
-        self.transport.connect(c.connect_timeout_s)
+        try:
+            self.transport.connect(c.connect_timeout_s)
+        except ConnectionError as error:
+            raise RobotError(str(error)) from None
         for stream, topic in self._streams().items():
             self.transport.subscribe(topic.topic, topic.type, self._receiver(stream))
         if c.episode_status is not None:

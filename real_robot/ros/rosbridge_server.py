@@ -39,17 +39,21 @@ class RosbridgeServer:
 
     def _ros_callback(self, topic: str):
         def forward(message) -> None:
-            text = json.dumps({"op": "publish", "topic": topic, "msg": jsonable(from_rospy(message))})
-            with self._lock:
-                clients = list(self._clients.get(topic, ()))
-            for websocket in clients:
-                asyncio.run_coroutine_threadsafe(self._send(websocket, text), self._loop)
+            try:
+                text = json.dumps({"op": "publish", "topic": topic, "msg": jsonable(from_rospy(message))})
+                with self._lock:
+                    clients = list(self._clients.get(topic, ()))
+                for websocket in clients:
+                    asyncio.run_coroutine_threadsafe(self._send(websocket, text), self._loop)
+            except Exception:  # rospy swallows callback errors: say what happened
+                LOG.exception("forwarding %s failed", topic)
         return forward
 
     async def _send(self, websocket, text: str) -> None:
         try:
             await websocket.send(text)
-        except Exception:  # noqa: BLE001 - a client gone mid-send
+        except Exception as error:  # noqa: BLE001 - a client gone mid-send
+            LOG.info("dropping a client: %s", error)
             self._drop(websocket)
 
     def _drop(self, websocket) -> None:
@@ -75,8 +79,11 @@ class RosbridgeServer:
         rospy = self.rospy
         if op == "advertise":
             with self._lock:
-                if topic not in self._publishers:
-                    self._publishers[topic] = (rospy.Publisher(topic, message_class(request["type"]), queue_size=1), request["type"])
+                exists = topic in self._publishers
+            if not exists:
+                publisher = rospy.Publisher(topic, message_class(request["type"]), queue_size=1)
+                with self._lock:
+                    self._publishers.setdefault(topic, (publisher, request["type"]))
         elif op == "publish":
             with self._lock:
                 entry = self._publishers.get(topic)
@@ -85,12 +92,15 @@ class RosbridgeServer:
             publisher, type_name = entry
             publisher.publish(to_rospy(type_name, request.get("msg", {})))
         elif op == "subscribe":
-            with self._lock:
+            with self._lock:  # never held while calling into rospy (its callback threads take it too)
                 self._clients.setdefault(topic, set()).add(websocket)
-                if topic not in self._subscribers:
-                    self._subscribers[topic] = rospy.Subscriber(
-                        topic, message_class(request["type"]), self._ros_callback(topic), queue_size=1
-                    )
+                create = topic not in self._subscribers
+                if create:
+                    self._subscribers[topic] = None
+            if create:
+                subscriber = rospy.Subscriber(topic, message_class(request["type"]), self._ros_callback(topic), queue_size=1)
+                with self._lock:
+                    self._subscribers[topic] = subscriber
         elif op == "unsubscribe":
             with self._lock:
                 self._clients.get(topic, set()).discard(websocket)

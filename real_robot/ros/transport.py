@@ -115,6 +115,20 @@ class NativeTransport(Transport):
 class RosbridgeTransport(Transport):
     """rosbridge's websocket protocol through `roslibpy`."""
 
+    @staticmethod
+    def stop_event_loop() -> None:
+        """Stop roslibpy's Twisted reactor (once per process, at its end: a reactor does not
+        restart). Its thread pool's workers are not daemons, so without this a program that
+        used rosbridge does not exit."""
+        import sys
+
+        if "twisted.internet.reactor" not in sys.modules:
+            return
+        from twisted.internet import reactor
+
+        if reactor.running:
+            reactor.callFromThread(reactor.stop)
+
     def __init__(self, host: str = "127.0.0.1", port: int = 9090):
         self.host, self.port = host, port
         self.ros = None
@@ -124,11 +138,12 @@ class RosbridgeTransport(Transport):
     def connect(self, timeout_s: float = 10.0) -> None:
         import roslibpy
 
-        self.ros = roslibpy.Ros(host=self.host, port=self.port)
+        ros = roslibpy.Ros(host=self.host, port=self.port)
         try:
-            self.ros.run(timeout=timeout_s)
+            ros.run(timeout=timeout_s)
         except Exception as error:  # noqa: BLE001 - roslibpy raises several types
             raise ConnectionError(f"No rosbridge server at ws://{self.host}:{self.port}: {error}") from None
+        self.ros = ros
 
     def subscribe(self, topic: str, type_name: str, callback: Callback) -> None:
         import roslibpy
@@ -152,12 +167,23 @@ class RosbridgeTransport(Transport):
             self._topics[topic] = roslibpy.Topic(self.ros, topic, type_name, queue_size=1)
             self._topics[topic].advertise()
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 3.0) -> None:
+        """Unsubscribe, unadvertise and close; never blocks longer than `timeout_s` (a dead
+        server can leave roslibpy waiting)."""
         if self.ros is None:
             return
-        for subscription in self._subscribed:
-            subscription.unsubscribe()
-        for publisher in self._topics.values():
-            publisher.unadvertise()
-        self.ros.close()
-        self.ros = None
+        ros, self.ros = self.ros, None
+        subscribed, topics = list(self._subscribed), list(self._topics.values())
+        self._subscribed.clear()
+        self._topics.clear()
+
+        def shut() -> None:
+            for subscription in subscribed:
+                subscription.unsubscribe()
+            for publisher in topics:
+                publisher.unadvertise()
+            ros.close()
+
+        closer = threading.Thread(target=shut, name="rosbridge-close", daemon=True)
+        closer.start()
+        closer.join(timeout_s)
