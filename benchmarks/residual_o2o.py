@@ -88,6 +88,33 @@ def entry_from_run(run_dir: Path, base_dir: Path, recipe: str) -> dict[str, Any]
     }
 
 
+def run_vgps(critic_run: Path, base_dir: Path, episodes: int, num_samples: int) -> dict[str, Any]:
+    """The base alone and the base steered by `critic_run`'s Q (V-GPS), on the same held-out
+    episodes of the critic run's env."""
+    import yaml
+
+    from embodied.config import from_dict
+    from embodied.evaluate import evaluate_policy
+    from policies.base import Policy
+    from policies.residual import resolve_policy_folder
+    from policies.vgps import ValueGuidedPolicy, load_run_critic
+    from sims.core import EnvConfig
+
+    cfg = yaml.safe_load((critic_run / "config.yaml").read_text())
+    env_cfg = from_dict(EnvConfig, cfg["env"])
+    base = Policy.from_pretrained(resolve_policy_folder(base_dir))
+    torch.manual_seed(0)
+    start = evaluate_policy(base, env_cfg, episodes, cfg["eval"]["seed"], deterministic=True)
+    steered = ValueGuidedPolicy(base, load_run_critic(critic_run), num_samples=num_samples)
+    t0 = time.perf_counter()
+    end = evaluate_policy(steered, env_cfg, episodes, cfg["eval"]["seed"], deterministic=True)
+    return {"task": env_cfg.task, "base": str(base_dir), "critic_run": str(critic_run), "num_samples": num_samples,
+            "eval_seed": cfg["eval"]["seed"], "eval_episodes": episodes, "start_success": start["success_rate"],
+            "end_success": end["success_rate"], "end_success_ci95": end["success_ci95"],
+            "lift_points": 100 * (end["success_rate"] - start["success_rate"]), "env_steps": 0,
+            "eval_wall_s": time.perf_counter() - t0, "seeds": [0]}
+
+
 def merge_result(key: str, entry: dict[str, Any], command: str) -> None:
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": "residual_o2o", "results": {}}
     data["results"][key] = {**entry, "command": command, "machine": machine_info()}
@@ -141,6 +168,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="data/PickCube")
     parser.add_argument("--out", default="", help="run directory (default runs/residual_o2o[_quick]_<seed>)")
     parser.add_argument("--curves", nargs="*", help="plot eval curves of these finished run directories and exit")
+    parser.add_argument("--vgps", metavar="CRITIC_RUN", help="V-GPS: steer the base with this run's Q and exit")
+    parser.add_argument("--episodes", type=int, default=100, help="V-GPS evaluation episodes")
     parser.add_argument("--from-run", nargs=2, metavar=("KEY", "RUN_DIR"),
                         help="record an entry KEY (e.g. residual_td3/PickCube) from a trained run's logged evaluations")
     args = parser.parse_args()
@@ -150,6 +179,13 @@ def main() -> None:
         path = RESULTS_DIR / "residual_vs_ppo_pickcube.png"
         plot_curves([Path(r) for r in args.curves], s0, path)
         print(f"wrote {path}")
+        return
+    if args.vgps:
+        torch.set_num_threads(1)
+        entry = run_vgps(Path(args.vgps), Path(args.base), args.episodes, 16)
+        merge_result(f"vgps/{entry['task']}", entry, f"uv run python -m benchmarks.residual_o2o --vgps {args.vgps}")
+        print(json.dumps({k: entry[k] for k in ("start_success", "end_success", "eval_episodes")}))
+        print(f"RESULT vgps_lift={entry['lift_points']:.1f}")
         return
     if args.from_run:
         key, run = args.from_run

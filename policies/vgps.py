@@ -2,7 +2,8 @@
 chunks from any base policy and execute the one a learned Q ranks highest. The base's weights
 do not change.
 
-    chunks a_1..a_K ~ base(. | s)           (K stochastic samples, (N, K, T, A))
+    chunks a_1..a_K ~ base(. | s)           (K samples, (N, K, T, A); with `include_mode` the
+                                            first is the base's deterministic chunk)
     k* = argmax_k  min_e Q_e(features(s), a_k[first action])
     act(s) = a_{k*}
 
@@ -33,13 +34,14 @@ class ValueGuidedPolicy(Policy):
     config_class = dict
 
     def __init__(self, base: Policy, q_function: QFunction, num_samples: int = 16,
-                 features: Callable[[dict[str, Any]], torch.Tensor] | None = None):
+                 features: Callable[[dict[str, Any]], torch.Tensor] | None = None, include_mode: bool = True):
         super().__init__(getattr(base, "config", {}))
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1; got {num_samples}.")
         self.base = base.eval().requires_grad_(False)
         self.q_function = q_function
         self.num_samples = num_samples
+        self.include_mode = include_mode  # the base's deterministic chunk is one of the K proposals
         self.features_fn = features or getattr(base, "features", None)
         if self.features_fn is None:
             raise ValueError(f"{type(base).__name__} has no `features`; pass the features the critic was trained on.")
@@ -56,7 +58,9 @@ class ValueGuidedPolicy(Policy):
     def act(self, obs: dict[str, Any], deterministic: bool = False) -> PolicyOutput:
         """`deterministic` is ignored for the sampling (V-GPS needs K distinct proposals) and
         kept in the ranking: the argmax is deterministic given the samples."""
-        chunks = torch.stack([self.base.act(obs, deterministic=False).action for _ in range(self.num_samples)], dim=1)
+        proposals = [self.base.act(obs, deterministic=True).action] if self.include_mode else []
+        proposals += [self.base.act(obs, deterministic=False).action for _ in range(self.num_samples - len(proposals))]
+        chunks = torch.stack(proposals, dim=1)
         best = self.scores(obs, chunks).argmax(1)
         action = chunks[torch.arange(chunks.shape[0]), best]
         return PolicyOutput(action=action, log_prob=torch.zeros(action.shape[0], device=action.device),
