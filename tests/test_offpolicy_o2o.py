@@ -97,8 +97,11 @@ def test_parl_keeps_the_best_sample_and_refines_it_uphill_on_q():
     assert stats["q_improved"] > stats["q_sampled_best"]
 
 
-@pytest.mark.parametrize(("method", "mode", "actor"), [("calql", "wsrl", "native"), ("iql", "rlpd", "native"),
-                                                       ("calql", "rlpd", "parl")])
+@pytest.mark.parametrize(("method", "mode", "actor"), [
+    ("calql", "wsrl", "native"),
+    pytest.param("iql", "rlpd", "native", marks=pytest.mark.slow),
+    pytest.param("calql", "rlpd", "parl", marks=pytest.mark.slow),
+])
 def test_offline_then_online_runs_through_the_trainer(tmp_path, mixed_reach, method, mode, actor):
     cfg = load_config(TrainConfig, None, [
         f"run_dir={tmp_path / method}", "total_env_steps=320", "torch_threads=1",
