@@ -1,9 +1,10 @@
 """Deployment episodes written as a LeRobotDataset (v3) by `lerobot`, like `embodied record`.
 
 A frame holds the observation the action was chosen on, the action actually sent (after
-the safety layer), ``next.success`` / ``next.done`` where the robot knows them, and
-``complementary_info.is_intervention`` (bool (1,)): true where a human or scripted corrector
-had taken over, the label offline-to-online recipes read. Frames are buffered per episode and
+the safety layer), ``next.success`` / ``next.done`` where the robot knows them, a sparse
+``next.reward`` (1 on success frames), and ``complementary_info.is_intervention`` (bool (1,)):
+true where a human or scripted corrector had taken over. `embodied.data.replay.from_lerobot`
+reads these datasets (with the intervention flags) for the offline-to-online recipes. Frames are buffered per episode and
 written by `end_episode` (also on a fault: the partial episode is kept), and `close`
 finalises the dataset so that it loads.
 """
@@ -31,6 +32,7 @@ def deployment_features(observation_features: dict[str, tuple[int, ...]], action
         elif key.startswith("observation."):
             features[key] = {"dtype": "float32", "shape": tuple(shape), "names": None}
     features["action"] = {"dtype": "float32", "shape": (action_dim,), "names": None}
+    features["next.reward"] = {"dtype": "float32", "shape": (1,), "names": None}
     features["next.success"] = {"dtype": "bool", "shape": (1,), "names": None}
     features["next.done"] = {"dtype": "bool", "shape": (1,), "names": None}
     features["complementary_info.is_intervention"] = {"dtype": "bool", "shape": (1,), "names": None}
@@ -73,6 +75,7 @@ class EpisodeRecorder:
                 value = np.asarray(obs[key])
                 frame[key] = value.astype(np.float32) if spec["dtype"] == "float32" else value
         frame["action"] = np.asarray(action, dtype=np.float32).reshape(-1)
+        frame["next.reward"] = np.array([float(success)], dtype=np.float32)  # sparse: a real arm has no dense reward
         frame["next.success"] = np.array([bool(success)])
         frame["next.done"] = np.array([bool(done)])
         frame["complementary_info.is_intervention"] = np.array([bool(intervention)])

@@ -80,6 +80,10 @@ def test_deploy_records_episodes_with_scripted_takeovers(policy_dir, tmp_path):
     expected[5:9] = True
     np.testing.assert_array_equal(flags, np.concatenate([expected, expected]))
     assert dataset[0]["observation.state"].shape == (25,) and dataset[0]["action"].shape == (7,)
+    from embodied.data.replay import from_lerobot
+
+    buffer = from_lerobot(tmp_path / "data")  # the off-policy / o2o recipes read it with its takeover flags
+    assert int(buffer.intervention.sum()) == 8
 
 
 def test_deploy_realtime_rate_and_ensembling(policy_dir):
