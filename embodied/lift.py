@@ -147,6 +147,35 @@ def merge_result(path: Path, summary: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def plot_lift(out: Path, summary: dict[str, Any]) -> Path:
+    """<out>/lift.png: held-out success against RL env steps, from S0 (the SFT policy, at 0)
+    through the RL run's evaluations to S1, with 95% intervals at both ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from embodied.report import read_metrics
+
+    points = [(0, summary["S0"])] + [(r["env_steps"], r["eval/success_rate"]) for r in read_metrics(out / "rl")
+                                     if "eval/success_rate" in r and r["env_steps"] < summary["rl_env_steps"]]
+    points.append((summary["rl_env_steps"], summary["S1"]))
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(*zip(*points, strict=True), marker="o")
+    for x, value, ci in ((0, summary["S0"], summary["S0_ci95"]), (summary["rl_env_steps"], summary["S1"], summary["S1_ci95"])):
+        ax.errorbar([x], [value], yerr=[[value - ci[0]], [ci[1] - value]], color="black", capsize=4)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"{summary['algorithm'].upper()} env steps")
+    ax.set_ylabel("held-out success")
+    ax.set_title(f"{summary['model']} on {summary['task']}: {summary['S0']:.0%} -> {summary['S1']:.0%}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / "lift.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_lift_page(out: Path, summary: dict[str, Any]) -> Path:
     """<out>/index.html: S0 -> S1, the RL curves, and the final videos of both runs."""
     from embodied.report import write_report
@@ -154,13 +183,15 @@ def write_lift_page(out: Path, summary: dict[str, Any]) -> Path:
     if (out / "sft" / "metrics.jsonl").is_file():
         write_report(out / "sft")
     write_report(out / "rl")
+    plot_lift(out, summary)
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
     videos = []
     for label, run in (("before RL (SFT)", "sft"), ("after RL", "rl")):
         found = sorted((out / run / "videos").glob("*.mp4")) if (out / run / "videos").is_dir() else []
         if found:
             videos.append(f"<h3>{label}</h3><video src='{run}/videos/{found[-1].name}' controls loop muted width=512></video>")
-    curves = "".join(f"<img src='rl/report/{p.name}' width=480>" for p in sorted((out / "rl" / "report").glob("*.png")))
+    curves = "<img src='lift.png' width=480>" + "".join(
+        f"<img src='rl/report/{p.name}' width=480>" for p in sorted((out / "rl" / "report").glob("*.png")))
     page = (f"<html><head><title>{html.escape(out.name)}</title></head><body>"
             f"<h1>{summary['model']} on {summary['task']}: {summary['S0']:.1%} &rarr; {summary['S1']:.1%}</h1>"
             f"<table>{rows}</table><h2>RL curves</h2>{curves}<h2>Videos</h2>{''.join(videos)}"

@@ -46,7 +46,7 @@ def test_lift_records_trains_both_stages_and_writes_its_results(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["runs"]["mlp/Reach/ppo"]["S1"] == summary["S1"]
     page = (tmp_path / "lift" / "index.html").read_text()
-    assert "rl/videos/" in page and "Reach" in page
+    assert "rl/videos/" in page and "Reach" in page and (tmp_path / "lift" / "lift.png").is_file()
 
     # From an existing SFT checkpoint: S0 is that policy's evaluation on the same seeds, which
     # reproduces the first lift's S0 exactly.
