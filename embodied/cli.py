@@ -62,7 +62,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         task=args.task, episodes=args.episodes, root=args.root or f"data/{args.task}", num_envs=args.num_envs,
         seed=args.seed, cameras=tuple(args.cameras.split(",")), image_size=args.image_size, video=not args.no_video,
         noise=args.noise, label=args.label, keep_failures=args.keep_failures, randomize=args.randomize,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, hold_steps=args.hold_steps,
     )
     summary = record(cfg)
     print(
@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", choices=("executed", "clean"), default="executed",
                    help="record the executed (noisy) action or the expert's clean one (DART)")
     p.add_argument("--keep-failures", action="store_true", help="keep episodes the expert failed")
+    p.add_argument("--hold-steps", type=int, default=0,
+                   help="keep recording this many steps after the first success (shows policies what to do at the goal)")
     p.add_argument("--randomize", action="store_true", help="turn domain randomization on")
     p.add_argument("--no-video", action="store_true", help="store PNG images instead of mp4 video")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --root")

@@ -44,6 +44,19 @@ def test_record_writes_a_lerobot_dataset_that_lerobot_reads(demos):
     assert json.loads((root / "meta" / "record.json").read_text())["episodes"] == 64
 
 
+def test_hold_steps_record_the_expert_at_the_goal_after_its_first_success(tmp_path):
+    summary = record(RecordConfig(task="Reach", episodes=4, root=str(tmp_path / "hold"), num_envs=4, image_size=16,
+                                  cameras=("front",), hold_steps=3, video=False), progress=False)
+    data = DemoDataset(tmp_path / "hold", keys=["next.success", "next.done"], progress=False)
+    success = data.data["next.success"].reshape(-1).bool()
+    for episode in data.episode_index.unique().tolist():
+        rows = (data.episode_index == episode).nonzero()[:, 0]
+        first = int(success[rows].nonzero()[0, 0])
+        assert len(rows) == first + 3 + 1, "the episode ends 3 steps after its first success"
+        assert success[rows][first:].all(), "the expert stays at the goal"
+    assert summary["episodes"] == 4
+
+
 def test_in_memory_dataset_matches_lerobot_items(demos):
     root, summary = demos
     data = DemoDataset(root, progress=False)

@@ -57,6 +57,7 @@ class RecordConfig:
     keep_failures: bool = False
     randomize: bool = False
     overwrite: bool = False
+    hold_steps: int = 0  # > 0: keep recording the expert this many steps after the first success
 
 
 def dataset_features(env: BatchedEnv, obs: dict, cfg: RecordConfig) -> dict[str, dict]:
@@ -96,11 +97,15 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict:
         if not cfg.overwrite:
             raise FileExistsError(f"{root} exists; pass --overwrite to replace it or choose another --root.")
         shutil.rmtree(root)
+    if cfg.hold_steps < 0:
+        raise ValueError(f"hold_steps must be >= 0; got {cfg.hold_steps}.")
     env = sims.make(
         cfg.task, num_envs=cfg.num_envs, seed=cfg.seed, obs_mode="rgb", cameras=cfg.cameras,
         render=sims.RenderSettings(width=cfg.image_size, height=cfg.image_size),
         randomization=sims.RandomizationConfig(enabled=cfg.randomize),
+        terminate_on_success=cfg.hold_steps == 0,
     )
+    since_success = torch.full((env.num_envs,), -1, dtype=torch.long)  # steps since the first success
     expert = env.task.expert()
     obs = env.reset(seed=cfg.seed)
     dataset = LeRobotDataset.create(
@@ -122,6 +127,14 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict:
             label = expert_action if cfg.label == "clean" else executed
             next_obs, reward, terminated, truncated, info = env.step(executed)
             done = terminated | truncated
+            if cfg.hold_steps:  # the episode ends `hold_steps` steps after its first success
+                success_now = info["success"].cpu()
+                since_success = torch.where(since_success >= 0, since_success + 1, torch.where(success_now, 0, -1))
+                held = (since_success >= cfg.hold_steps) & ~done.cpu()
+                done = done | held.to(done.device)
+                if held.any():
+                    next_obs = env.reset(env_ids=held.nonzero()[:, 0].to(env.device))
+                since_success[done.cpu()] = -1
             for i in range(env.num_envs):
                 episodes[i].append(_frame(obs, i, label[i], reward[i], done[i], info["success"][i], cfg.cameras))
             for i in done.nonzero()[:, 0].tolist():
