@@ -8,8 +8,8 @@ Steps: record PickCube demos if data/PickCube is missing; train the BC base
 (configs/sft_pickcube_mlp.yaml) if its run directory is missing; evaluate the base on the
 held-out seeds the residual run evaluates on (S0); train the residual recipe from it; its
 final evaluation is S1 (same seeds, same episode count). The lift is S1 - S0 in points.
-Results merge into benchmarks/results/residual_o2o.json under "<recipe>/<task>"
-(quick runs under "<recipe>-quick/<task>"). `--curves` plots eval success against env steps
+Results merge into benchmarks/results/residual_o2o.json under "<recipe>/<task>/seed<seed>"
+(quick runs under "<recipe>-quick/<task>/seed<seed>"). `--curves` plots eval success against env steps
 of finished runs (residual vs PPO from the same base) into benchmarks/results/.
 """
 
@@ -205,7 +205,7 @@ def main() -> None:
         shutil.rmtree(out)
     entry = run_residual(overrides, out)
     command = f"uv run python -m benchmarks.residual_o2o{' --quick' if args.quick else ''} --seed {args.seed}"
-    merge_result(f"residual_td3{'-quick' if args.quick else ''}/{entry['task']}", entry, command)
+    merge_result(f"residual_td3{'-quick' if args.quick else ''}/{entry['task']}/seed{args.seed}", entry, command)
     print(json.dumps({k: entry[k] for k in ("start_success", "end_success", "env_steps", "train_wall_s")}))
     print(f"RESULT residual_lift={entry['lift_points']:.1f}")
 
