@@ -91,7 +91,7 @@ class Policy(nn.Module, abc.ABC):
     # the critic's gradient reaches a shared backbone): a run that starts from a saved policy
     # takes them from its own config
     runtime_fields: ClassVar[tuple[str, ...]] = ()
-    critic_modules: ClassVar[tuple[str, ...]] = ("critic", "value_head")  # the value function's submodules
+    critic_modules: ClassVar[tuple[str, ...]] = ("critic", "value_head", "state_critic")  # the value function's submodules
     # config fields that add weights to a loaded policy (LoRA adapters): applied after loading
     adapter_fields: ClassVar[tuple[str, ...]] = ()
 

@@ -146,3 +146,23 @@ def test_lora_fine_tuning_trains_adapters_and_heads_only_and_reloads(tmp_path, r
     torch.testing.assert_close(
         again.evaluate(reach_obs, out.action, out.extras)[0], lora.evaluate(reach_obs, out.action, out.extras)[0]
     )
+
+
+@pytest.mark.parametrize("kind", ["ar_vla", "flow_vla"])
+def test_a_separate_state_critic_is_added_to_a_saved_vla_and_trains_alone(tmp_path, reach_obs, kind):
+    policy = tiny_vla(kind, reach_obs)
+    policy.save_pretrained(tmp_path / "base")
+    vla = Policy.from_pretrained(tmp_path / "base", overrides={"critic": "state"})
+    assert vla.config.critic == "state" and {id(p) for p in vla.state_critic.parameters()} <= {id(p) for p in vla.critic_parameters()}
+    out = vla.act(reach_obs)
+    torch.testing.assert_close(out.value, vla.state_critic(vla.normalized_state(reach_obs))[:, 0])
+    actor_before = {n: p.detach().clone() for n, p in vla.named_parameters() if not n.startswith(("state_critic", "value_head"))}
+    algo = PPO(vla, PPOConfig(critic_lr=1e-2, update_epochs=1, num_minibatches=1, critic_warmup_iterations=1))
+    algo.update(algo.prepare(advantage_batch(vla, reach_obs, "ppo"), torch.zeros(NUM_ENVS)), 0)
+    assert all(torch.equal(p, actor_before[n]) for n, p in vla.named_parameters() if n in actor_before)
+    assert not torch.allclose(vla.act(reach_obs).value, out.value)
+    vla.save_pretrained(tmp_path / "critic")
+    again = Policy.from_pretrained(tmp_path / "critic")
+    torch.testing.assert_close(again.value(reach_obs), vla.value(reach_obs))
+    with pytest.raises(ValueError, match="policy.critic"):
+        Policy.from_pretrained(tmp_path / "base", overrides={"critic": "separate"})

@@ -57,6 +57,7 @@ class ARVLAConfig(PolicyConfig):
     state_keys: tuple[str, ...] = ("observation.state",)  # () for no state token
     state_dim: int = 0  # filled from the observation when 0
     detach_critic: bool = False  # the value head learns on the backbone's features without changing them
+    critic: str = "head"  # "head": value head on the backbone; "state": a separate MLP on the state features
     lora_rank: int = 0  # > 0: LoRA adapters on the backbone, which is then frozen (RL fine-tuning)
     lora_alpha: float = 16.0
     temperature: float = 1.0  # of the sampling distribution (and of the recorded log-probs)
@@ -121,7 +122,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         self.decoder: Literal["static", "hf"] = (
             "static" if self._static_decoding_supported() else "hf"
         )
-        self.add_adapters(config.lora_rank, config.lora_alpha)
+        self.add_adapters(config.lora_rank, config.lora_alpha, config.critic)
 
     # ---- save / load -------------------------------------------------------------------------
 
@@ -252,7 +253,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         return PolicyOutput(
             action=action.view(n, self.config.chunk_size, self.config.action_dim),
             log_prob=token_log_prob.sum(-1),
-            value=self.critic_value(hidden),
+            value=self.critic_value(hidden, obs),
             extras={"tokens": tokens, "token_log_prob": token_log_prob},
         )
 
@@ -521,7 +522,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         ]
         entropy = -(log_probs.exp() * log_probs).sum(-1)
         elements = token_log_prob.view(tokens.shape[0], self.config.chunk_size, self.config.action_dim)
-        return elements, entropy.sum(-1), self.critic_value(first_hidden)
+        return elements, entropy.sum(-1), self.critic_value(first_hidden, obs)
 
     def value(self, obs: dict[str, Any]) -> torch.Tensor:
         prefix = self.prefix(obs)
@@ -531,7 +532,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
             attention_mask=prefix.attention_mask,
             position_ids=prefix.position_ids,
         ).last_hidden_state
-        return self.critic_value(hidden[:, -1])
+        return self.critic_value(hidden[:, -1], obs)
 
     def supervised_loss(
         self, obs: dict[str, Any], actions: torch.Tensor

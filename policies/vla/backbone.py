@@ -35,7 +35,7 @@ from transformers import (
 )
 
 from policies.base import FeatureSpec
-from policies.mlp import concat_statistics
+from policies.mlp import concat_statistics, mlp
 
 TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
@@ -267,18 +267,22 @@ class VLAStateInputs:
     """What the VLA policies share beyond their own heads: the proprioceptive state's frozen
     statistics (buffers `state_mean`, `state_std` on the policy), the features they read,
     declared from the config (`vlm`, `state_keys`, `state_dim`, `action_dim`, `chunk_size`),
-    and optional LoRA adapters on the vision-language backbone (`lora_rank`, `lora_alpha`)."""
+    optional LoRA adapters on the vision-language backbone (`lora_rank`, `lora_alpha`), and the
+    critic: a value head on the backbone's features or a separate MLP on the state (`critic`)."""
 
     config: Any
     state_mean: torch.Tensor
     state_std: torch.Tensor
     value_head: nn.Module
     backbone_name: ClassVar[str]  # the attribute holding the VisionLanguagePrefix
-    adapter_fields = ("lora_rank", "lora_alpha")
+    adapter_fields = ("lora_rank", "lora_alpha", "critic")
 
-    def critic_value(self, features: torch.Tensor) -> torch.Tensor:
-        """(N,) value from the value head on (N, H) backbone features; with `detach_critic` the
-        value loss trains the head only and leaves the backbone (which the actor reads) alone."""
+    def critic_value(self, features: torch.Tensor, obs: dict[str, Any]) -> torch.Tensor:
+        """(N,) state value: the value head on (N, H) backbone features (with `detach_critic`
+        the value loss trains the head only and leaves the backbone, which the actor reads,
+        alone), or with `critic: state` a separate MLP on the normalised state features."""
+        if self.config.critic == "state":
+            return self.state_critic(self.normalized_state(obs))[:, 0]
         if self.config.detach_critic:
             features = features.detach()
         return self.value_head(features)[:, 0]
@@ -287,9 +291,17 @@ class VLAStateInputs:
         """The vision-language backbone's trainable parameters (its LoRA adapters when enabled)."""
         return [p for p in getattr(self, self.backbone_name).parameters() if p.requires_grad]
 
-    def add_adapters(self, lora_rank: int = 0, lora_alpha: float = 16.0) -> None:
-        """LoRA on the backbone (rank 0: none). Called at construction from the config, and by
-        a run that fine-tunes a saved policy with `policy.lora_rank` > 0."""
+    def add_adapters(self, lora_rank: int = 0, lora_alpha: float = 16.0, critic: str = "head") -> None:
+        """LoRA on the backbone (rank 0: none) and a separate state critic (`critic: state`).
+        Called at construction from the config, and by a run that fine-tunes a saved policy
+        with `policy.lora_rank` > 0 or `policy.critic: state`."""
+        if critic not in ("head", "state"):
+            raise ValueError(f"policy.critic must be 'head' (the value head on the backbone) or 'state'; got {critic!r}.")
+        if critic == "state" and not hasattr(self, "state_critic"):
+            if not self.config.state_keys:
+                raise ValueError("policy.critic: state needs state_keys (the critic reads the state features).")
+            self.state_critic = mlp([self.state_mean.shape[0], 64, 64, 1], "tanh", out_gain=1.0)
+            self.config = dataclasses.replace(self.config, critic="state")
         if lora_rank <= 0:
             return
         if getattr(self, "_lora_enabled", False):

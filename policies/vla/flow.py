@@ -91,6 +91,7 @@ class FlowVLAConfig(PolicyConfig):
     state_keys: tuple[str, ...] = ("observation.state",)
     state_dim: int = 0  # filled from the env when 0 (no state token when state_keys is empty)
     detach_critic: bool = False  # the value head learns on the backbone's features without changing them
+    critic: str = "head"  # "head": value head on the backbone; "state": a separate MLP on the state features
     lora_rank: int = 0  # > 0: LoRA adapters on the backbone, which is then frozen (RL fine-tuning)
     lora_alpha: float = 16.0
 
@@ -268,7 +269,7 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
             nn.Tanh(),
             nn.Linear(config.value_hidden, 1),
         )
-        self.add_adapters(config.lora_rank, config.lora_alpha)
+        self.add_adapters(config.lora_rank, config.lora_alpha, config.critic)
 
     @staticmethod
     def _stochastic_steps(config: FlowVLAConfig) -> frozenset[int]:
@@ -380,7 +381,7 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
         return PolicyOutput(
             action=chain[:, -1].clamp(-1.0, 1.0),
             log_prob=log_prob,
-            value=self.critic_value(prefix.features),
+            value=self.critic_value(prefix.features, obs),
             extras={"chain": chain},
         )
 
@@ -416,11 +417,11 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
             self.config.likelihood,
             self.config.noise_level,
         )
-        return elements, entropy, self.critic_value(prefix.features)
+        return elements, entropy, self.critic_value(prefix.features, obs)
 
     def value(self, obs: dict[str, Any]) -> torch.Tensor:
         """(N,) state value of an observation batch."""
-        return self.critic_value(self.encode_prefix(obs).features)
+        return self.critic_value(self.encode_prefix(obs).features, obs)
 
     def supervised_loss(
         self, obs: dict[str, Any], actions: torch.Tensor
