@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from embodied.config import load_config, save_config
 from embodied.runner.trainer import TrainConfig, Trainer
 
@@ -99,8 +101,6 @@ def run_lift(cfg: LiftConfig, command: str = "") -> dict[str, Any]:
 def evaluate_checkpoint(cfg: LiftConfig, common: list[str], out: Path) -> tuple[dict, TrainConfig, int, str]:
     """S0 of an existing SFT policy: evaluated as the RL run's final evaluation will be (its
     env, held-out seed and episode count). Its run's config, when found, says how it was trained."""
-    import json as json_
-
     from embodied.evaluate import evaluate_policy
     from policies.base import Policy
 
@@ -109,14 +109,12 @@ def evaluate_checkpoint(cfg: LiftConfig, common: list[str], out: Path) -> tuple[
     run_config = next((p / "config.yaml" for p in checkpoint.parents if (p / "config.yaml").is_file()), None)
     sft_cfg = load_config(TrainConfig, run_config) if run_config else rl_cfg
     if rl_cfg.torch_threads:
-        import torch
-
         torch.set_num_threads(rl_cfg.torch_threads)
     print(f"[lift] S0: evaluating {checkpoint} ({cfg.eval_episodes} episodes)", flush=True)
     (out / "sft").mkdir(parents=True, exist_ok=True)
     s0 = evaluate_policy(Policy.from_pretrained(checkpoint), rl_cfg.env, cfg.eval_episodes, rl_cfg.eval.seed,
                          rl_cfg.eval.deterministic, video_path=out / "sft" / "videos" / "eval_s0.mp4")
-    (out / "sft" / "eval.json").write_text(json_.dumps(s0 | {"checkpoint": str(checkpoint)}, indent=2))
+    (out / "sft" / "eval.json").write_text(json.dumps(s0 | {"checkpoint": str(checkpoint)}, indent=2))
     return s0, sft_cfg, 0, str(checkpoint)
 
 

@@ -34,7 +34,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedTokenizerFast
 
 from policies.base import Policy, PolicyConfig, PolicyOutput, register_policy
-from policies.mlp import flat_observation, mlp
+from policies.mlp import mlp
 from policies.vla.action_tokenizer import ActionTokenizer
 from policies.vla.backbone import (
     SPECIAL_TOKENS,
@@ -157,15 +157,6 @@ class ARVLAPolicy(VLAStateInputs, Policy):
 
     # ---- inputs ------------------------------------------------------------------------------
 
-    def normalized_state(self, obs: dict[str, Any]) -> torch.Tensor:
-        """(N, state_dim) state features, normalised by the frozen statistics."""
-        state = flat_observation(obs, self.config.state_keys)
-        if state.shape[1] != self.state_mean.shape[0]:
-            raise ValueError(
-                f"State features {self.config.state_keys} have {state.shape[1]} values; this VLA was built for {self.state_mean.shape[0]}."
-            )
-        return (state - self.state_mean) / self.state_std
-
     def prefix(self, obs: dict[str, Any]) -> Prefix:
         """The (N, P, H) prefix of an observation batch (equal P for all envs)."""
         tasks = obs.get("task")
@@ -174,7 +165,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
                 f"obs['task'] must be a list of instruction strings; got {type(tasks).__name__}."
             )
         texts = [self.config.prompt_template.format(task=task) for task in tasks]
-        state = self.normalized_state(obs) if self.config.state_keys else None
+        state = self.normalized_state(obs)
         if not (self.config.image_after_first_token or self.config.prompt_suffix_ids):
             return self.backbone({**obs, "task": texts}, state)
         return self._prismatic_prefix(obs, texts, state)

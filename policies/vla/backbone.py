@@ -35,7 +35,7 @@ from transformers import (
 )
 
 from policies.base import FeatureSpec
-from policies.mlp import concat_statistics, mlp
+from policies.mlp import concat_statistics, flat_observation, mlp
 
 TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
@@ -276,6 +276,18 @@ class VLAStateInputs:
     value_head: nn.Module
     backbone_name: ClassVar[str]  # the attribute holding the VisionLanguagePrefix
     adapter_fields = ("lora_rank", "lora_alpha", "critic")
+
+    def normalized_state(self, obs: dict[str, Any]) -> torch.Tensor | None:
+        """(N, state_dim) state features normalised by the frozen statistics, or None without
+        `state_keys`."""
+        if not self.config.state_keys:
+            return None
+        state = flat_observation(obs, self.config.state_keys)
+        if state.shape[1] != self.state_mean.shape[0]:
+            raise ValueError(
+                f"State features {self.config.state_keys} have {state.shape[1]} values; this VLA was built for {self.state_mean.shape[0]}."
+            )
+        return (state - self.state_mean) / self.state_std
 
     def critic_value(self, features: torch.Tensor, obs: dict[str, Any]) -> torch.Tensor:
         """(N,) state value: the value head on (N, H) backbone features (with `detach_critic`

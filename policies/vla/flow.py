@@ -51,7 +51,6 @@ from transformers.models.qwen2.modeling_qwen2 import (
 )
 
 from policies.base import Policy, PolicyConfig, PolicyOutput, register_policy
-from policies.mlp import flat_observation
 from policies.vla.backbone import (
     VisionLanguagePrefix,
     VLAStateInputs,
@@ -292,17 +291,6 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
         return cls(config, tokenizer=load_tokenizer(directory))
 
     # ---- inputs ------------------------------------------------------------------------------
-
-    def normalized_state(self, obs: dict[str, Any]) -> torch.Tensor | None:
-        """(N, state_dim) state features normalised by the frozen statistics, or None."""
-        if not self.config.state_keys:
-            return None
-        state = flat_observation(obs, self.config.state_keys)
-        if state.shape[1] != self.state_mean.shape[0]:
-            raise ValueError(
-                f"State features {self.config.state_keys} have {state.shape[1]} values; this VLA was built for {self.state_mean.shape[0]}."
-            )
-        return (state - self.state_mean) / self.state_std
 
     def check_chunk(self, actions: torch.Tensor, name: str = "actions") -> None:
         expected = (self.config.chunk_size, self.config.action_dim)
