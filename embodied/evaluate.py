@@ -38,27 +38,19 @@ def evaluate_policy(
         cfg = dataclasses.replace(cfg, obs_mode="rgb", cameras=("front",))
     env = sims.make(cfg)
     obs = env.reset(seed=seed)
-    success = torch.zeros(episodes, dtype=torch.bool)
-    finished = torch.zeros(episodes, dtype=torch.bool)
-    returns = torch.zeros(episodes)
-    frames: list[np.ndarray] = []
     camera = next((k for k in obs if k.startswith("observation.images.")), None)
     was_training = policy.training
     policy.eval()
-    while not finished.all():
-        chunk = policy.act(obs, deterministic=deterministic).action
-        for t in range(chunk.shape[1]):
-            obs, reward, terminated, truncated, info = env.step(chunk[:, t])
-            returns[~finished] += reward.cpu()[~finished]
-            success |= info["success"].cpu() & ~finished
-            finished |= (terminated | truncated).cpu()
-            if video_path is not None and camera is not None:
-                shown = info.get("final_observation", obs)[camera][:video_envs].cpu().numpy()
-                from embodied.demo import tile
-
-                frames.append(tile(shown, int(math.ceil(math.sqrt(len(shown))))))
-            if finished.all():
-                break
+    # The policy's own randomness (a flow VLA's initial noise even when deterministic, sampled
+    # actions otherwise) comes from torch's RNG seeded here, so that one checkpoint evaluated
+    # twice on the same seed gives the same numbers; the caller's RNG stream is left untouched.
+    cuda_devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        success, returns, frames = run_episodes(
+            policy, env, obs, episodes, deterministic, camera if video_path is not None else None,
+            video_envs,
+        )
     policy.train(was_training)
     env.close()
     if video_path is not None and frames:
@@ -71,3 +63,29 @@ def evaluate_policy(
         "success_rate": float(success.float().mean()), "success_ci95": [low, high], "episodes": episodes,
         "mean_return": float(returns.mean()), "seed": seed,
     }
+
+
+def run_episodes(
+    policy: Policy, env: Any, obs: dict[str, Any], episodes: int, deterministic: bool,
+    camera: str | None, video_envs: int,
+) -> tuple[torch.Tensor, torch.Tensor, list[np.ndarray]]:
+    """Step every env until each has finished one episode: (success, return, frames of `camera`)."""
+    success = torch.zeros(episodes, dtype=torch.bool)
+    finished = torch.zeros(episodes, dtype=torch.bool)
+    returns = torch.zeros(episodes)
+    frames: list[np.ndarray] = []
+    while not finished.all():
+        chunk = policy.act(obs, deterministic=deterministic).action
+        for t in range(chunk.shape[1]):
+            obs, reward, terminated, truncated, info = env.step(chunk[:, t])
+            returns[~finished] += reward.cpu()[~finished]
+            success |= info["success"].cpu() & ~finished
+            finished |= (terminated | truncated).cpu()
+            if camera is not None:
+                from embodied.demo import tile
+
+                shown = info.get("final_observation", obs)[camera][:video_envs].cpu().numpy()
+                frames.append(tile(shown, int(math.ceil(math.sqrt(len(shown))))))
+            if finished.all():
+                break
+    return success, returns, frames
