@@ -72,6 +72,8 @@ def tiny_config(kind: str, dataset, run_dir) -> TrainConfig:
             "algo.total_updates=40",
             "algo.warmup_updates=5",
             "algo.shift_pixels=2",
+            "algo.episodes=6",
+            "algo.val_episodes=2",
             "eval.every=2",
             "eval.episodes=4",
             "checkpoint.every=2",
@@ -105,6 +107,8 @@ def test_sft_trains_checkpoints_and_reloads_a_vla(kind, reach_demos, tmp_path):
     assert any("eval/success_rate" in m for m in metrics[:-1]), (
         "a periodic evaluation ran mid-training"
     )
+    validation = [m["train/val_action_l1"] for m in metrics if "train/val_action_l1" in m]
+    assert len(validation) == 4 and all(v > 0 for v in validation), "held-out episodes validated each iteration"
 
     folder = latest_checkpoint(tmp_path / "run") / "policy"
     assert (folder / "tokenizer.json").is_file()

@@ -178,6 +178,22 @@ def test_supervised_loss_fits_demonstrations(rgb_obs):
     )
 
 
+def test_gaussian_bin_targets_are_ordered_and_peak_where_encode_puts_the_action(rgb_obs):
+    policy = make_policy(ARVLAConfig(n_bins=32), {k: v[:1] for k, v in rgb_obs.items()}, 7)
+    tokenizer = policy.action_tokenizer
+    actions = torch.tensor([-1.0, -0.51, 0.0, 0.03, 0.5, 0.999, 1.0])
+    targets = policy.gaussian_bin_targets(actions, sigma_bins=0.75)
+    torch.testing.assert_close(targets.sum(-1), torch.ones(7))
+    assert torch.equal(targets.argmax(-1), tokenizer.index(tokenizer.encode(actions)))
+    assert targets[-1, 0] == 1.0, "a = max exactly is one-hot on the token encode gives it"
+    middle = targets[2]  # a = 0: mass falls off symmetrically with the distance in bins
+    peak = int(middle.argmax())
+    assert middle[peak - 1] == pytest.approx(float(middle[peak + 1]), abs=1e-6)
+    assert middle[peak] > middle[peak + 1] > middle[peak + 2] > 0
+    sharp = policy.gaussian_bin_targets(actions[[0, 1, 2, 4, 5]], sigma_bins=0.05)  # not at an edge
+    assert torch.all(sharp.max(-1).values > 0.99)
+
+
 def test_input_errors_name_the_problem(tmp_path, rgb_obs):
     with pytest.raises(ValueError, match="action_dim is 6.*has 7 action dimensions"):
         make_policy(ARVLAConfig(action_dim=6), rgb_obs, 7)

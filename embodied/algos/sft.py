@@ -33,6 +33,8 @@ class SFTConfig(AlgoConfig):
     name: str = "sft"
     dataset: str = ""  # root of a local LeRobotDataset
     episodes: int = 0  # use the first N episodes (few-shot); 0: all
+    val_episodes: int = 0  # > 0: the next N episodes are held out; validation loss and action L1 logged
+    val_frames: int = 256  # validation frames (a fixed random subset of the held-out episodes)
     lr: float = 3e-4
     weight_decay: float = 1e-4
     batch_size: int = 64
@@ -73,8 +75,31 @@ class SFT(Algorithm):
         self.image_keys = list(spec.images)
         if cfg.normalization == "dataset":
             policy.set_normalization({k: self.dataset.statistics(k) for k in spec.vectors})
+        self.validation = self.validation_batch(cfg, spec) if cfg.val_episodes else None
         self.optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.updates = 0
+
+    def validation_batch(self, cfg: SFTConfig, spec) -> tuple[dict[str, Any], torch.Tensor]:
+        """A fixed batch of (obs, action chunks) from episodes the policy never trains on."""
+        if not cfg.episodes:
+            raise ValueError("algo.val_episodes needs algo.episodes (the training episodes come first).")
+        held_out = DemoDataset(cfg.dataset, keys=[*spec.images, *spec.vectors, "action"],
+                               episodes=list(range(cfg.episodes, cfg.episodes + cfg.val_episodes)), progress=False)
+        generator = torch.Generator().manual_seed(0)
+        index = torch.randperm(len(held_out), generator=generator)[: cfg.val_frames]
+        obs, actions, _ = held_out.batch(index, self.chunk_size)
+        return obs, actions
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """The supervised loss on held-out frames and the L1 error of the policy's own
+        deterministic chunks there (for the AR VLA: free-running decoding, not teacher forcing)."""
+        obs, actions = self.validation
+        loss, _ = self.policy.supervised_loss(obs, actions)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            predicted = self.policy.act(obs, deterministic=True).action
+        return {"val_loss": loss.item(), "val_action_l1": (predicted - actions).abs().mean().item()}
 
     def learning_rate(self) -> float:
         cfg = self.cfg
@@ -111,7 +136,8 @@ class SFT(Algorithm):
                 totals[key] = totals.get(key, 0.0) + value
         self.policy.eval()
         n = len(batch["batches"])
-        return {**{k: v / n for k, v in totals.items()}, "lr": self.optimizer.param_groups[0]["lr"], "updates": float(self.updates)}
+        validation = self.validate() if self.validation is not None else {}
+        return {**{k: v / n for k, v in totals.items()}, **validation, "lr": self.optimizer.param_groups[0]["lr"], "updates": float(self.updates)}
 
     def finished(self) -> bool:
         return self.updates >= self.cfg.total_updates

@@ -63,6 +63,10 @@ class ARVLAConfig(PolicyConfig):
     temperature: float = 1.0  # of the sampling distribution (and of the recorded log-probs)
     value_hidden_sizes: tuple[int, ...] = (64,)
     n_bins: int = 256
+    # SFT targets: 0 = one-hot bins (OpenVLA); > 0 = a Gaussian of this std, in bin widths, around
+    # the demonstrated action, integrated over each bin (HL-Gauss): neighbouring bins share
+    # the target, so the classifier learns that bins are ordered.
+    label_sigma_bins: float = 0.0
     prompt_template: str = (
         "{task}"  # OpenVLA: "In: What action should the robot take to {task}?\nOut:"
     )
@@ -533,7 +537,11 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         tokens = self._tokens(actions, None)
         logits, _ = self.teacher_forced(obs, tokens)
         target = self.action_tokenizer.index(tokens)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
+        if self.config.label_sigma_bins > 0:
+            soft = self.gaussian_bin_targets(actions.flatten(1), self.config.label_sigma_bins)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), soft.flatten(0, 1))
+        else:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
         with torch.no_grad():
             predicted = logits.argmax(-1)
             accuracy = (predicted == target).float().mean()
@@ -552,3 +560,20 @@ class ARVLAPolicy(VLAStateInputs, Policy):
             "token_accuracy": accuracy.item(),
             "action_l1": error.item(),
         }
+
+    def gaussian_bin_targets(self, actions: torch.Tensor, sigma_bins: float) -> torch.Tensor:
+        """(..., n_bins) probabilities over the action ids: the mass of N(a, (sigma * width)^2),
+        clipped to the action range, on each bin interval [edge_k, edge_k+1), which is decoded by
+        index n_bins - 1 - k; a = max exactly gets index 0 alone, as `ActionTokenizer.encode`
+        gives it."""
+        tokenizer = self.action_tokenizer
+        edges = tokenizer.edges.to(actions.device, torch.float32)
+        a = actions.float().clamp(tokenizer.min_action, tokenizer.max_action)[..., None]
+        cdf = torch.special.ndtr((edges - a) / (sigma_bins * tokenizer.bin_width))
+        cdf[..., 0], cdf[..., -1] = 0.0, 1.0  # the mass beyond either end goes to the end bins
+        interval_mass = cdf[..., 1:] - cdf[..., :-1]  # (..., n_bins - 1), interval k
+        soft = torch.cat((torch.zeros_like(interval_mass[..., :1]), interval_mass.flip(-1)), dim=-1)
+        # a = max exactly (a gripper's "open") encodes to index 0: keep that target one-hot, so
+        # that greedy decoding emits the very token that teacher forcing fed during training.
+        at_max = (actions >= tokenizer.max_action)[..., None]
+        return torch.where(at_max, F.one_hot(torch.zeros_like(actions, dtype=torch.long), tokenizer.n_bins).float(), soft)
