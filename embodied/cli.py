@@ -104,7 +104,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from policies.base import Policy
 
     run_dir = Path(args.run_dir)
-    checkpoint = latest_checkpoint(run_dir)
+    checkpoint = run_dir / "checkpoints" / args.checkpoint if args.checkpoint else latest_checkpoint(run_dir)
+    if not (checkpoint / "policy").is_dir():
+        available = sorted(p.name for p in (run_dir / "checkpoints").glob("iter_*"))
+        raise SystemExit(f"{checkpoint} holds no policy; checkpoints of {run_dir}: {', '.join(available) or 'none'}.")
     cfg = load_config(TrainConfig, run_dir / "config.yaml")
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -221,8 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its latest checkpoint")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a run's latest checkpoint on held-out seeds")
+    p = sub.add_parser("eval", help="evaluate a run's latest (or a named) checkpoint on held-out seeds")
     p.add_argument("run_dir")
+    p.add_argument("--checkpoint", default="", help="a folder under RUN_DIR/checkpoints, e.g. iter_000010 (default: latest)")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=2_000_000)
     p.add_argument("--video", action="store_true")

@@ -108,3 +108,16 @@ def test_non_finite_loss_stops_with_a_diagnostic_and_keeps_the_checkpoint(tmp_pa
     with pytest.raises(NonFiniteLossError, match="iteration 1"):
         trainer.train()
     assert latest_checkpoint(trainer.run_dir) == good
+
+
+def test_eval_cli_evaluates_a_named_checkpoint_and_names_the_available_ones(tmp_path, capsys):
+    from embodied.cli import main
+
+    trainer = Trainer(config(tmp_path, "total_env_steps=512", "checkpoint.every=1"))
+    trainer.train()
+    run = str(trainer.run_dir)
+    assert main(["eval", run, "--checkpoint", "iter_000001", "--episodes", "4", "--seed", "5"]) == 0
+    result = json.loads((trainer.run_dir / "eval_iter_000001_seed5.json").read_text())
+    assert result["checkpoint"].endswith("iter_000001") and result["episodes"] == 4
+    with pytest.raises(SystemExit, match="iter_000001, iter_000002"):
+        main(["eval", run, "--checkpoint", "iter_7"])
