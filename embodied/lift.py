@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -81,9 +82,8 @@ def run_lift(cfg: LiftConfig, command: str = "") -> dict[str, Any]:
         "model": rl_cfg.policy.kind, "task": rl_cfg.env.task, "algorithm": rl_cfg.algo.name,
         "S0": s0["success_rate"], "S0_ci95": s0["success_ci95"], "S1": s1["success_rate"], "S1_ci95": s1["success_ci95"],
         "lift_points": 100 * (s1["success_rate"] - s0["success_rate"]),
-        "eval_episodes": cfg.eval_episodes, "eval_seed": rl_cfg.eval.seed, "seeds": [cfg.seed], "demos": cfg.demos,
-        "recorded_demos": recorded, "sft_checkpoint": init_from,
-        "sft_updates": getattr(sft_cfg.algo, "total_updates", None), "sft_wall_s": sft_seconds,
+        "eval_episodes": cfg.eval_episodes, "eval_seed": rl_cfg.eval.seed, "seeds": [cfg.seed],
+        **sft_provenance(cfg, sft_cfg), "recorded_demos": recorded, "sft_checkpoint": init_from, "sft_wall_s": sft_seconds,
         "rl_env_steps": rl.env_steps, "rl_wall_s": rl.wall_time, "rl_total_wall_s": time.perf_counter() - start,
         "command": command, "sft_recipe": cfg.sft, "rl_recipe": cfg.rl,
         "sft_overrides": list(cfg.sft_overrides), "rl_overrides": list(cfg.rl_overrides),
@@ -96,6 +96,18 @@ def run_lift(cfg: LiftConfig, command: str = "") -> dict[str, Any]:
           f"({summary['lift_points']:+.1f} points) after {rl.env_steps} env steps of {summary['algorithm']}, "
           f"{summary['rl_wall_s']:.0f} s; report {out / 'index.html'}", flush=True)
     return summary
+
+
+def sft_provenance(cfg: LiftConfig, sft_cfg: TrainConfig) -> dict[str, int | None]:
+    """How many demos and updates the SFT start had: the lift's own SFT, or, for an existing
+    `sft_checkpoint`, its run's config and the checkpoint's iteration (None where unknown)."""
+    if not cfg.sft_checkpoint:
+        return {"demos": cfg.demos, "sft_updates": getattr(sft_cfg.algo, "total_updates", None)}
+    if getattr(sft_cfg.algo, "name", "") != "sft":
+        return {"demos": None, "sft_updates": None}
+    iteration = re.fullmatch(r"iter_(\d+)", Path(cfg.sft_checkpoint).parent.name)
+    updates = int(iteration.group(1)) * sft_cfg.algo.updates_per_iteration if iteration else None
+    return {"demos": sft_cfg.algo.episodes or None, "sft_updates": updates}
 
 
 def evaluate_checkpoint(cfg: LiftConfig, common: list[str], out: Path) -> tuple[dict, TrainConfig, int, str]:

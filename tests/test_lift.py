@@ -58,6 +58,9 @@ def test_lift_records_trains_both_stages_and_writes_its_results(tmp_path):
     second = json.loads((tmp_path / "again" / "lift.json").read_text())
     assert second["S0"] == summary["S0"] and second["sft_checkpoint"] == str(checkpoint)
     assert second["rl_env_steps"] == 128
+    sft_run = yaml.safe_load((tmp_path / "lift" / "sft" / "config.yaml").read_text())["algo"]
+    iteration = int(checkpoint.parent.name.removeprefix("iter_"))
+    assert second["demos"] == 2 and second["sft_updates"] == iteration * sft_run["updates_per_iteration"]
 
 
 def test_every_lift_recipe_and_the_recipes_it_names_load():
