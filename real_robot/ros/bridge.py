@@ -1,4 +1,5 @@
-"""`RosRobot`: an arm on a ROS graph behind the `Robot` interface, over either transport.
+"""`RosRobot`: an arm on a ROS graph behind the `Robot` interface, over any transport (rospy,
+rclpy or rosbridge).
 
 Observations come in from topics (joint states, the TCP pose, cameras raw or compressed,
 extra float vectors such as an object tracker's), commands go out (end-effector deltas as a
@@ -44,8 +45,9 @@ class RosRobotConfig(RobotConfig):
     """An arm on ROS. The defaults match `real_robot.ros.sim_node` (a simulated Panda)."""
 
     type: str = "ros"
-    transport: str = "native"  # native (rospy) | rosbridge (roslibpy)
-    master_uri: str = ""  # native: ROS_MASTER_URI ("" keeps the environment's)
+    transport: str = "native"  # native (rclpy under a sourced ROS 2, else rospy) | rospy | rclpy | rosbridge (roslibpy)
+    master_uri: str = ""  # rospy: ROS_MASTER_URI ("" keeps the environment's)
+    domain_id: int | None = None  # rclpy: ROS_DOMAIN_ID (None keeps the environment's)
     rosbridge_host: str = "127.0.0.1"
     rosbridge_port: int = 9090
     control_hz: float = 20.0
@@ -69,13 +71,10 @@ class RosRobotConfig(RobotConfig):
 
 
 def make_transport(cfg: RosRobotConfig):
-    from real_robot.ros.transport import NativeTransport, RosbridgeTransport
+    from real_robot.ros import transport
 
-    if cfg.transport == "native":
-        return NativeTransport("embodied_robot", cfg.master_uri)
-    if cfg.transport == "rosbridge":
-        return RosbridgeTransport(cfg.rosbridge_host, cfg.rosbridge_port)
-    raise ValueError(f"Unknown ROS transport {cfg.transport!r}; valid: native, rosbridge.")
+    return transport.make_transport(cfg.transport, "embodied_robot", master_uri=cfg.master_uri, domain_id=cfg.domain_id,
+                                    rosbridge_host=cfg.rosbridge_host, rosbridge_port=cfg.rosbridge_port)
 
 
 class RosRobot(Robot):
@@ -87,6 +86,10 @@ class RosRobot(Robot):
         self.cfg = cfg = cfg or RosRobotConfig()
         if cfg.command_kind not in ("ee_delta", "joint_position"):
             raise ValueError(f"Unknown command_kind {cfg.command_kind!r}; valid: ee_delta, joint_position.")
+        from real_robot.ros.transport import TRANSPORTS
+
+        if transport is None and cfg.transport not in TRANSPORTS:
+            raise ValueError(f"Unknown ROS transport {cfg.transport!r}; valid: {', '.join(TRANSPORTS)}.")
         self.control_hz = cfg.control_hz
         n_arm = len(cfg.arm_joints)
         if cfg.command_kind == "ee_delta":

@@ -1,14 +1,18 @@
 """ROS messages as plain dicts (rosbridge's JSON layout), the one form the bridge handles.
 
 rosbridge and `roslibpy` already speak dicts; `to_rospy` / `from_rospy` convert native
-rospy messages to and from the same layout (``uint8[]`` fields as bytes natively, base64
-strings over rosbridge; `as_bytes` accepts both). Also the conversions between the arm's
+rospy (ROS 1) messages and `to_rclpy` / `from_rclpy` ROS 2 messages to and from the same
+layout (``uint8[]`` fields as bytes natively, base64 strings over rosbridge; `as_bytes`
+accepts both). ROS 1 stamps are ``{secs, nsecs}``, ROS 2's ``{sec, nanosec}``: dicts from
+ROS 2 carry the ROS 1 names, `to_rclpy` and `stamp_seconds` accept both, and ROS 2 headers
+have no ``seq`` (dropped). Also the conversions between the arm's
 messages and `observation.*` arrays: joint states, poses (ROS quaternions are x, y, z, w;
 `sims` uses w, x, y, z), raw and compressed images.
 """
 
 from __future__ import annotations
 
+import array
 import base64
 import io
 import time
@@ -24,11 +28,12 @@ MESSAGE_TYPES = (
 
 
 def message_class(type_name: str):
-    """The rospy class of ``package/Type``."""
+    """The rospy or rclpy class of ``package/Type`` (ROS 2's ``package/msg/Type`` too)."""
     import importlib
 
     package, _, name = type_name.partition("/")
-    if not name:
+    name = name.removeprefix("msg/")
+    if not package or not name or "/" in name:
         raise ValueError(f"ROS message types look like package/Type; got {type_name!r}.")
     return getattr(importlib.import_module(f"{package}.msg"), name)
 
@@ -72,10 +77,96 @@ def _fill(message: Any, data: dict[str, Any]):
     return message
 
 
+# ------------------------------------------------------------------ ROS 2 (rclpy)
+ROS2_TIME_TYPES = ("builtin_interfaces/Time", "builtin_interfaces/Duration")
+ROS2_FLOAT_TYPES = ("double", "float", "float64", "float32")
+ROS2_INT_TYPES = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "byte", "octet", "char")
+
+
+def from_rclpy(message: Any) -> Any:
+    """An rclpy message (or field value) as a dict / list / scalar in rosbridge's ROS 1 layout:
+    ``builtin_interfaces`` Time / Duration as ``{secs, nsecs}``, ``uint8`` arrays as bytes."""
+    fields = getattr(message, "get_fields_and_field_types", None)
+    if fields is not None:
+        names = list(fields())
+        if names == ["sec", "nanosec"]:
+            return {"secs": int(message.sec), "nsecs": int(message.nanosec)}
+        return {name: from_rclpy(getattr(message, name)) for name in names}
+    if isinstance(message, array.array):
+        return message.tobytes() if message.typecode == "B" else message.tolist()
+    if isinstance(message, np.ndarray):  # rclpy's fixed-size numeric arrays
+        return message.tobytes() if message.dtype == np.uint8 else message.tolist()
+    if isinstance(message, (list, tuple)):
+        return [from_rclpy(v) for v in message]
+    return message
+
+
+def to_rclpy(type_name: str, data: dict[str, Any]):
+    """An rclpy message of `type_name` filled from a rosbridge-layout dict (either stamp naming).
+    Values are cast to each field's type: rclpy's setters reject an int for a float field."""
+    return _fill_rclpy(message_class(type_name)(), data)
+
+
+def _ros2_element(field_type: str) -> tuple[str, bool]:
+    """(element type, is an array) of a ROS 2 field type such as ``sequence<double, 3>``,
+    ``double[9]``, ``sequence<std_msgs/Header>`` or ``string<=10``."""
+    if field_type.startswith("sequence<"):
+        return field_type[len("sequence<") : -1].split(",")[0].strip(), True
+    if field_type.endswith("]"):
+        return field_type[: field_type.index("[")], True
+    return field_type, False
+
+
+def _ros2_scalar(element: str, value: Any) -> Any:
+    if element in ROS2_FLOAT_TYPES:
+        return float(value)
+    if element in ROS2_INT_TYPES:
+        return int(value)
+    if element == "boolean":
+        return bool(value)
+    if element.startswith("string") or element.startswith("wstring"):
+        return str(value)
+    return value
+
+
+def _fill_rclpy(message: Any, data: dict[str, Any]):
+    for name, field_type in message.get_fields_and_field_types().items():
+        if field_type in ROS2_TIME_TYPES and name in data:
+            value = data[name]
+            seconds = int(value.get("sec", value.get("secs", 0)))
+            nanoseconds = int(value.get("nanosec", value.get("nsecs", 0)))
+            setattr(message, name, message_class(field_type)(sec=seconds, nanosec=nanoseconds))
+            continue
+        if name not in data:
+            continue
+        value = data[name]
+        element, is_array = _ros2_element(field_type)
+        if "/" in element:  # nested message(s)
+            if is_array:
+                setattr(message, name, [_fill_rclpy(message_class(element)(), v) for v in value])
+            else:
+                _fill_rclpy(getattr(message, name), value)
+        elif is_array and element in ("uint8", "char"):
+            setattr(message, name, array.array("B", as_bytes(value)))
+        elif is_array and element == "octet":
+            setattr(message, name, [bytes([b]) for b in as_bytes(value)])
+        elif is_array and element in ("double", "float64"):
+            setattr(message, name, array.array("d", (float(v) for v in value)))
+        elif is_array and element in ("float", "float32"):
+            setattr(message, name, array.array("f", (float(v) for v in value)))
+        elif is_array:
+            setattr(message, name, [_ros2_scalar(element, v) for v in value])
+        else:
+            setattr(message, name, _ros2_scalar(element, value))
+    return message
+
+
 def as_bytes(value: Any) -> bytes:
     """``uint8[]`` data: bytes natively, a base64 string over rosbridge, or a list of ints."""
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
+    if isinstance(value, array.array):
+        return value.tobytes()
     if isinstance(value, str):
         return base64.b64decode(value)
     return bytes(bytearray(value))
@@ -88,12 +179,13 @@ def stamp(seconds: float | None = None) -> dict[str, int]:
 
 
 def stamp_seconds(message: dict[str, Any]) -> float | None:
-    """The header stamp of a message in seconds, or None for headerless messages."""
+    """The header stamp of a message in seconds, or None for headerless messages. ROS 1's
+    ``{secs, nsecs}`` and ROS 2's ``{sec, nanosec}`` (rosbridge on ROS 2 sends those) alike."""
     header = message.get("header") if isinstance(message, dict) else None
     if not isinstance(header, dict) or "stamp" not in header:
         return None
     s = header["stamp"]
-    return float(s.get("secs", 0)) + float(s.get("nsecs", 0)) * 1e-9
+    return float(s.get("secs", s.get("sec", 0))) + float(s.get("nsecs", s.get("nanosec", 0))) * 1e-9
 
 
 def header(frame_id: str = "", seconds: float | None = None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 a real arm's driver would, so that `embodied deploy` runs end to end against it.
 
     python -m real_robot.ros.sim_node --task Reach [--hz 20] [--cameras front [--compressed]]
+        [--controller ee_delta|joint_delta] [--transport native|rospy|rclpy]
 
 At `hz`, the node publishes
 
@@ -14,6 +15,9 @@ At `hz`, the node publishes
 and subscribes to
 
     /embodied/ee_delta             std_msgs/Float64MultiArray  6 normalised TCP deltas (sims' ee_delta)
+  or, with --controller joint_delta, a position-controlled arm's command:
+    /embodied/joint_command        trajectory_msgs/JointTrajectory  absolute arm joint targets (its
+                                   last point), reached at sims' joint_delta rate (0.1 rad/step)
     /gripper/command               std_msgs/Float64            -1 closed .. +1 open
     /embodied/reset                std_msgs/Int64              start a new episode with this seed
 
@@ -43,11 +47,14 @@ class SimArmNode:
     """The node's state and its tick; the transport is any `real_robot.ros.transport.Transport`."""
 
     def __init__(self, transport, task: str = "Reach", hz: float = 20.0, cameras: tuple[str, ...] = (),
-                 compressed: bool = False, seed: int = 0):
+                 compressed: bool = False, seed: int = 0, controller: str = "ee_delta"):
         from real_robot.sim_robot import SimRobot, SimRobotConfig
 
+        if controller not in ("ee_delta", "joint_delta"):
+            raise ValueError(f"Unknown controller {controller!r}; valid: ee_delta, joint_delta.")
         self.transport, self.hz, self.cameras, self.compressed = transport, hz, cameras, compressed
-        self.robot = SimRobot(SimRobotConfig(task=task, control_hz=hz, cameras=cameras, seed=seed))
+        self.controller = controller
+        self.robot = SimRobot(SimRobotConfig(task=task, control_hz=hz, cameras=cameras, seed=seed, controller=controller))
         self.robot.connect()
         self.episode = 0
         self._lock = threading.Lock()
@@ -58,7 +65,10 @@ class SimArmNode:
 
     def start(self) -> None:
         t = self.transport
-        t.subscribe("/embodied/ee_delta", "std_msgs/Float64MultiArray", self._on_command)
+        if self.controller == "ee_delta":
+            t.subscribe("/embodied/ee_delta", "std_msgs/Float64MultiArray", self._on_command)
+        else:
+            t.subscribe("/embodied/joint_command", "trajectory_msgs/JointTrajectory", self._on_joint_command)
         t.subscribe("/gripper/command", "std_msgs/Float64", self._on_gripper)
         t.subscribe("/embodied/reset", "std_msgs/Int64", self._on_reset)
         for topic, kind in self._publications():
@@ -80,6 +90,27 @@ class SimArmNode:
         if data.shape == (6,) and np.isfinite(data).all():
             with self._lock:
                 self._command = data
+
+    def _on_joint_command(self, message) -> None:
+        """A JointTrajectory's last point, as absolute targets of the arm joints (any order)."""
+        points = message.get("points") or []
+        names = list(message.get("joint_names") or [])
+        if not points or sorted(names) != sorted(ARM_JOINTS):
+            return
+        positions = points[-1].get("positions") or []
+        if len(positions) != len(names):
+            return
+        goal = np.asarray([positions[names.index(joint)] for joint in ARM_JOINTS], dtype=np.float64)
+        if np.isfinite(goal).all():
+            with self._lock:
+                self._command = goal
+
+    def _joint_deltas(self, goal: np.ndarray) -> np.ndarray:
+        """sims' joint_delta action that moves the servo targets towards `goal`, at most 0.1 rad."""
+        from sims.mujoco.controllers import JointDeltaController
+
+        targets = np.asarray(self.robot.env.ctrl[0, :7], dtype=np.float64)
+        return np.clip((goal - targets) / JointDeltaController.scale, -1.0, 1.0).astype(np.float32)
 
     def _on_gripper(self, message) -> None:
         value = message.get("data")
@@ -105,10 +136,13 @@ class SimArmNode:
         elif not robot.episode_status()["done"]:
             action = robot.hold_action()
             if command is not None:
-                action[:6] = command
+                if self.controller == "ee_delta":
+                    action[:6] = command
+                else:
+                    action[:7] = self._joint_deltas(command)
                 self.commands_applied += 1
             if gripper is not None:
-                action[6] = gripper
+                action[-1] = gripper
             robot.send_action({"action": action})
             if command is None and not robot.episode_status()["done"]:  # holding is not a task step
                 robot.env.elapsed_steps -= 1
@@ -151,16 +185,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cameras", nargs="*", default=[])
     parser.add_argument("--compressed", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--controller", choices=("ee_delta", "joint_delta"), default="ee_delta")
+    parser.add_argument("--transport", choices=("native", "rospy", "rclpy"), default="native",
+                        help="native: rclpy under a sourced ROS 2 (ROS_VERSION=2), rospy otherwise")
     args = parser.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
     import torch
 
     torch.set_num_threads(1)
-    from real_robot.ros.transport import NativeTransport
+    from real_robot.ros.transport import make_transport
 
-    transport = NativeTransport("embodied_sim_arm")
+    transport = make_transport(args.transport, "embodied_sim_arm")
     transport.connect()
-    node = SimArmNode(transport, args.task, args.hz, tuple(args.cameras), args.compressed, args.seed)
+    node = SimArmNode(transport, args.task, args.hz, tuple(args.cameras), args.compressed, args.seed, args.controller)
     node.start()
     print(f"sim arm node up: {args.task} at {args.hz:g} Hz", flush=True)
     with contextlib.suppress(KeyboardInterrupt):

@@ -1,20 +1,25 @@
-"""Two ways to reach a ROS graph behind one interface: native rospy, or rosbridge (websocket,
-`roslibpy`), which reaches ROS 1 or ROS 2 from a plain pip install. Both hand messages to
-callbacks as rosbridge-layout dicts (see `real_robot.ros.messages`).
+"""Three ways to reach a ROS graph behind one interface: native rospy (ROS 1), native rclpy
+(ROS 2), or rosbridge (websocket, `roslibpy`), which reaches ROS 1 or ROS 2 from a plain pip
+install. All hand messages to callbacks as rosbridge-layout dicts (see
+`real_robot.ros.messages`). `make_transport` picks one by name; ``native`` means rclpy when
+a sourced ROS 2 environment says so (``ROS_VERSION=2``) and rospy otherwise.
 """
 
 from __future__ import annotations
 
 import abc
+import glob
+import itertools
 import os
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from real_robot.ros.messages import from_rospy, jsonable, to_rospy
+from real_robot.ros.messages import from_rclpy, from_rospy, jsonable, to_rclpy, to_rospy
 
 DEBIAN_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
+TRANSPORTS = ("native", "rospy", "rclpy", "rosbridge")
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -36,6 +41,28 @@ def import_rospy():
                 f"transport: rosbridge. ({error})"
             ) from None
     return rospy
+
+
+def import_rclpy():
+    """`rclpy`, from a ROS 2 install when the venv has none: ``/opt/ros/<distro>`` puts it in
+    ``lib/python3.X/site-packages`` (appended to sys.path, the venv's packages still win).
+    Its message libraries also need the install's environment: source its setup.bash first."""
+    try:
+        import rclpy
+    except ImportError:
+        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        for directory in sorted(glob.glob(f"/opt/ros/*/lib/{version}/site-packages")):
+            if directory not in sys.path:
+                sys.path.append(directory)
+        try:
+            import rclpy
+        except ImportError as error:
+            raise ImportError(
+                f"rclpy is not importable: install ROS 2 for this Python ({version}; Jazzy on Ubuntu 24.04 uses "
+                "3.12) and `source /opt/ros/<distro>/setup.bash` before running, or use transport: rosbridge. "
+                f"({error})"
+            ) from None
+    return rclpy
 
 
 class Transport(abc.ABC):
@@ -110,6 +137,107 @@ class NativeTransport(Transport):
             publisher.unregister()
         self._subscribers.clear()
         self._publishers.clear()
+
+
+_RCLPY_LOCK = threading.Lock()
+_RCLPY_NODES = itertools.count()
+SENSOR_TYPES = ("sensor_msgs/", "geometry_msgs/PoseStamped", "std_msgs/Float64MultiArray")
+
+
+class Ros2Transport(Transport):
+    """rclpy: one node per transport, its callbacks run by an executor on a daemon thread.
+
+    Quality of service: subscriptions to sensor streams (``sensor_msgs/*``, poses, float
+    vectors) are best-effort with depth 1, which matches both reliable and best-effort
+    publishers (camera drivers often publish best-effort, and a reliable subscription would
+    silently receive nothing from them); every other subscription (e-stop, reset, episode
+    status) and every publisher is reliable with depth 1.
+    """
+
+    def __init__(self, node_name: str = "embodied", domain_id: int | None = None):
+        self.node_name, self.domain_id = node_name, domain_id
+        self.rclpy = self.node = self.executor = None
+        self._publishers: dict[str, Any] = {}
+        self._subscriptions: list[Any] = []
+        self._stop = threading.Event()
+        self._spinner: threading.Thread | None = None
+
+    def connect(self, timeout_s: float = 10.0) -> None:
+        rclpy = self.rclpy = import_rclpy()
+        from rclpy.executors import SingleThreadedExecutor
+
+        with _RCLPY_LOCK:
+            if not rclpy.ok():
+                rclpy.init(domain_id=self.domain_id) if self.domain_id is not None else rclpy.init()
+            # ROS 2 node names are unique by convention (no anonymous flag): make this one so
+            self.node = rclpy.create_node(f"{self.node_name}_{os.getpid()}_{next(_RCLPY_NODES)}")
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self._stop.clear()
+        self._spinner = threading.Thread(target=self._spin, name=f"rclpy-{self.node_name}", daemon=True)
+        self._spinner.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def _qos(self, type_name: str, subscription: bool):
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+        best_effort = subscription and type_name.startswith(SENSOR_TYPES)
+        reliability = ReliabilityPolicy.BEST_EFFORT if best_effort else ReliabilityPolicy.RELIABLE
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability)
+
+    def subscribe(self, topic: str, type_name: str, callback: Callback) -> None:
+        from real_robot.ros.messages import message_class
+
+        self._subscriptions.append(self.node.create_subscription(
+            message_class(type_name), topic, lambda message: callback(from_rclpy(message)), self._qos(type_name, True)
+        ))
+
+    def advertise(self, topic: str, type_name: str) -> None:
+        """Create the publisher now (subscribers need a moment to discover it)."""
+        from real_robot.ros.messages import message_class
+
+        if topic not in self._publishers:
+            self._publishers[topic] = self.node.create_publisher(message_class(type_name), topic, self._qos(type_name, False))
+
+    def publish(self, topic: str, type_name: str, message: dict[str, Any]) -> None:
+        self.advertise(topic, type_name)
+        self._publishers[topic].publish(to_rclpy(type_name, message))
+
+    def close(self) -> None:
+        """Stop the executor thread and destroy the node (rclpy itself stays initialised: other
+        nodes of this process may still use it)."""
+        if self.node is None:
+            return
+        self._stop.set()
+        if self._spinner is not None:
+            self._spinner.join(timeout=2.0)
+        for subscription in self._subscriptions:
+            self.node.destroy_subscription(subscription)
+        for publisher in self._publishers.values():
+            self.node.destroy_publisher(publisher)
+        self._subscriptions.clear()
+        self._publishers.clear()
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        self.node = None
+
+
+def make_transport(kind: str, node_name: str, *, master_uri: str = "", domain_id: int | None = None,
+                   rosbridge_host: str = "127.0.0.1", rosbridge_port: int = 9090) -> Transport:
+    """A transport by name: native (rclpy when ``ROS_VERSION=2`` is in the environment, as a
+    sourced ROS 2 setup.bash sets it, else rospy), rospy, rclpy or rosbridge."""
+    if kind == "native":
+        kind = "rclpy" if os.environ.get("ROS_VERSION") == "2" else "rospy"
+    if kind == "rospy":
+        return NativeTransport(node_name, master_uri)
+    if kind == "rclpy":
+        return Ros2Transport(node_name, domain_id)
+    if kind == "rosbridge":
+        return RosbridgeTransport(rosbridge_host, rosbridge_port)
+    raise ValueError(f"Unknown ROS transport {kind!r}; valid: {', '.join(TRANSPORTS)}.")
 
 
 class RosbridgeTransport(Transport):
