@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from policies import cnn, diffusion, lerobot_adapter, mlp, residual, vla  # noqa: F401  (registration)
+from policies import cnn, diffusion, lerobot_adapter, lerobot_flow_rl, mlp, residual, vla  # noqa: F401  (registration)
 from policies.base import POLICIES, Policy, PolicyOutput, register_policy
 from policies.cnn import CNNPolicyConfig
 from policies.mlp import MLPPolicyConfig, flat_observation

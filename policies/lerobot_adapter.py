@@ -143,9 +143,12 @@ def check_lerobot_folder(directory: Path, weights: bool = True) -> dict[str, Any
     return raw
 
 
-def load_lerobot_parts(directory: Path, device: str, weights: bool = True) -> tuple[Any, Any, Any]:
+def load_lerobot_parts(
+    directory: Path, device: str, weights: bool = True, config_overrides: dict[str, Any] | None = None
+) -> tuple[Any, Any, Any]:
     """(PreTrainedPolicy, preprocessor, postprocessor) of a local LeRobot folder, offline; with
-    ``weights=False`` the policy keeps its initial weights (the caller loads its own)."""
+    ``weights=False`` the policy keeps its initial weights (the caller loads its own);
+    `config_overrides` sets fields of the LeRobot config before the policy is built."""
     check_lerobot_folder(directory, weights=weights)
     with hub_offline():
         from lerobot.configs.policies import PreTrainedConfig
@@ -153,6 +156,8 @@ def load_lerobot_parts(directory: Path, device: str, weights: bool = True) -> tu
 
         lerobot_config = PreTrainedConfig.from_pretrained(directory, local_files_only=True)
         lerobot_config.device = device
+        for field, value in (config_overrides or {}).items():
+            setattr(lerobot_config, field, value)
         if hasattr(lerobot_config, "pretrained_backbone_weights"):
             lerobot_config.pretrained_backbone_weights = None  # torchvision would download them; the weights hold them
         policy_class = get_policy_class(lerobot_config.type)
