@@ -44,9 +44,17 @@ is built tokenizer-only (the full SmolVLM processor needs the ``num2words`` pack
 ``lerobot[smolvla]``). `build_tiny_smolvla` writes a complete, few-hundred-thousand-parameter
 SmolVLA checkpoint (and its tiny VLM) locally: the tests load it exactly as a hub checkpoint.
 
-pi0 goes through the same code (its ``embed_prefix`` / ``denoise_step`` have the same shape;
-the state enters the suffix there) but its sizes are fixed to Gemma 2B + 300M: it is not
-tested here (see the report in the tests' docstring).
+pi0 goes through the same code (`PI0Backend`: its ``embed_prefix`` / ``denoise_step`` have the
+same shape; the state enters the suffix there) but is not exercised here. LeRobot fixes its
+sizes (PaliGemma 2B + Gemma 300M, a 257k-token embedding whose width must equal the image
+projection's 2048): even with patched Gemma sizes a "tiny" pi0 has 1.08B parameters (33 s to
+build on 2 cores). And LeRobot 0.6.1's pi0 (``pi_gemma.py``) calls ``create_causal_mask`` with
+a ``cache_position`` argument that the transformers of this environment (5.23; LeRobot pins
+< 5.6) no longer takes, so LeRobot's own pi0 inference fails here as well.
+
+Note on versions: SmolVLA's ``denoise_step`` relies on transformers < 5.6's ``crop``; the
+prefix cache here is a `legacy_crop_cache_class` cache, which keeps that meaning, so the chain
+runs on both (LeRobot's own SmolVLA sampler does not on transformers >= 5.6).
 """
 
 from __future__ import annotations
