@@ -162,7 +162,7 @@ class Graph:
 
 
 GRAPH = Graph()
-STATE = {"ok": False, "init_calls": 0, "domain_id": None}
+STATE: dict[str, Any] = {"ok": False, "init_calls": 0, "domain_id": None, "signals": None}
 
 
 class Publisher:
@@ -281,10 +281,19 @@ class SingleThreadedExecutor:
 
 
 # ----------------------------------------------------------------------------- rclpy itself
-def init(*, args=None, context=None, domain_id: int | None = None) -> None:
+class SignalHandlerOptions(enum.Enum):
+    NO = 0
+    SIGINT = 1
+    SIGTERM = 2
+    ALL = 3
+
+
+def init(*, args=None, context=None, domain_id: int | None = None,
+         signal_handler_options: SignalHandlerOptions | None = None) -> None:
     if STATE["ok"]:
         raise RuntimeError("Context.init() must only be called once")
-    STATE.update(ok=True, init_calls=STATE["init_calls"] + 1, domain_id=domain_id)
+    STATE.update(ok=True, init_calls=STATE["init_calls"] + 1, domain_id=domain_id,
+                 signals=signal_handler_options or SignalHandlerOptions.ALL)
 
 
 def ok(context=None) -> bool:
@@ -303,7 +312,7 @@ def install(monkeypatch) -> Graph:
     """Put a fresh fake rclpy and message packages into sys.modules; returns the graph."""
     global GRAPH
     GRAPH = Graph()
-    STATE.update(ok=False, init_calls=0, domain_id=None)
+    STATE.update(ok=False, init_calls=0, domain_id=None, signals=None)
     rclpy = types.ModuleType("rclpy")
     rclpy.init, rclpy.ok, rclpy.shutdown, rclpy.create_node = init, ok, shutdown, create_node
     executors = types.ModuleType("rclpy.executors")
@@ -313,8 +322,10 @@ def install(monkeypatch) -> Graph:
     qos.qos_profile_sensor_data = qos_profile_sensor_data
     node = types.ModuleType("rclpy.node")
     node.Node = Node
-    rclpy.executors, rclpy.qos, rclpy.node = executors, qos, node
-    modules = {"rclpy": rclpy, "rclpy.executors": executors, "rclpy.qos": qos, "rclpy.node": node}
+    signals = types.ModuleType("rclpy.signals")
+    signals.SignalHandlerOptions = SignalHandlerOptions
+    rclpy.executors, rclpy.qos, rclpy.node, rclpy.signals = executors, qos, node, signals
+    modules = {"rclpy": rclpy, "rclpy.executors": executors, "rclpy.qos": qos, "rclpy.node": node, "rclpy.signals": signals}
     for type_name in FIELDS:
         package, name = type_name.split("/")
         modules.setdefault(package, types.ModuleType(package))

@@ -101,6 +101,7 @@ def test_transport_qos_and_executor_thread(graph):
     transport = Ros2Transport("qos_test", domain_id=7)
     transport.connect()
     assert ros2_fake.STATE["domain_id"] == 7
+    assert ros2_fake.STATE["signals"] is ros2_fake.SignalHandlerOptions.NO  # Ctrl-C is deploy's to handle
     transport.subscribe("/camera/front/image_raw", "sensor_msgs/Image", lambda msg: (received.append(msg), threads.append(threading.get_ident())))
     transport.subscribe("/embodied/estop", "std_msgs/Bool", received.append)
     driver = ros2_fake.Node("camera_driver")

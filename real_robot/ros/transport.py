@@ -168,7 +168,14 @@ class Ros2Transport(Transport):
 
         with _RCLPY_LOCK:
             if not rclpy.ok():
-                rclpy.init(domain_id=self.domain_id) if self.domain_id is not None else rclpy.init()
+                options: dict[str, Any] = {} if self.domain_id is None else {"domain_id": self.domain_id}
+                try:  # as rospy's disable_signals: Ctrl-C must reach deploy, which holds the arm,
+                    from rclpy.signals import SignalHandlerOptions  # not shut rclpy down first
+
+                    options["signal_handler_options"] = SignalHandlerOptions.NO
+                except ImportError:  # rclpy before Humble installs no handler to turn off
+                    pass
+                rclpy.init(**options)
             # ROS 2 node names are unique by convention (no anonymous flag): make this one so
             self.node = rclpy.create_node(f"{self.node_name}_{os.getpid()}_{next(_RCLPY_NODES)}")
         self.executor = SingleThreadedExecutor()
