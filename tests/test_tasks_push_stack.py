@@ -71,6 +71,13 @@ def test_push_reward_rises_as_the_cube_nears_the_goal(push_env):
         rewards.append(task.dense_reward())
         assert torch.equal(task.success(), torch.full((push_env.num_envs,), fraction == 1.0))
     assert (rewards[1] > rewards[0]).all() and (rewards[2] > rewards[1]).all()
+    # the last centimetres still pay: 4 cm -> 1 cm from the goal is worth a clear step in reward
+    direction = (goal - start) / (goal - start).norm(dim=1, keepdim=True)
+    near = []
+    for distance in (0.04, 0.01):
+        place(push_env, "cube_joint", goal - distance * direction)
+        near.append(task.dense_reward())
+    assert (near[1] - near[0] > 0.12).all(), near
     place(push_env, "cube_joint", goal + torch.tensor([0.0, 0.0, 0.05]))  # lifted over the goal
     assert not task.success().any()
 

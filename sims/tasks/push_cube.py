@@ -108,10 +108,15 @@ class PushCube(Task):
         return (self.goal_distance() < SUCCESS_DISTANCE) & on_table
 
     def dense_reward(self) -> torch.Tensor:
-        """(reach the push pose behind the cube + cube-to-goal progress) / 2, in [0, 1]."""
+        """(reach the push pose behind the cube + coarse + fine cube-to-goal progress) / 3, in
+        [0, 1]. The fine term (tanh scale 20 / m) keeps a gradient in the last few centimetres:
+        with the coarse one alone, PPO pushed the cube to a median 4.3 cm from the goal and
+        stopped short of the 2.5 cm success radius (35% success at 1.5M env steps)."""
         reach = 1.0 - torch.tanh(5.0 * (self.push_pose() - self.env.tcp_pos).norm(dim=1))
-        place = 1.0 - torch.tanh(5.0 * self.goal_distance())
-        return (reach + place) / 2.0
+        distance = self.goal_distance()
+        coarse = 1.0 - torch.tanh(5.0 * distance)
+        fine = 1.0 - torch.tanh(20.0 * distance)
+        return (reach + coarse + fine) / 3.0
 
     def expert(self) -> ScriptedExpert:
         return PushCubeExpert(self.env)
