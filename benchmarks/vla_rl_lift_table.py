@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vla_rl_lift.json"
-MODELS = {"flow_vla": "tiny flow VLA", "ar_vla": "tiny AR VLA"}
+MODELS = {"flow_vla": "tiny flow VLA", "ar_vla": "tiny AR VLA", "lerobot_flow": "tiny LeRobot SmolVLA"}
 
 
 def percent(value: float, ci: list[float] | None = None) -> str:

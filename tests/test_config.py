@@ -1,11 +1,14 @@
 """Typed configs from YAML and dotted overrides, with errors that name the key."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 import sims
 from embodied.config import ConfigError, load_config, save_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass
@@ -61,3 +64,23 @@ def test_bad_keys_and_types_name_the_problem(overrides, message):
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Run, tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_recipe_parses(recipe):
+    """Each runnable recipe in configs/ loads into its config class: a renamed or mistyped key
+    fails here, not minutes into someone's run."""
+    from embodied.distributed.config import DistributedTrainConfig
+    from embodied.lift import LiftConfig
+    from embodied.runner.trainer import TrainConfig
+
+    path = ROOT / "configs" / recipe
+    if recipe.startswith("lift_"):
+        cfg = load_config(LiftConfig, path)
+        for part in (cfg.sft, cfg.rl):
+            if part:
+                load_config(TrainConfig, ROOT / part)
+    elif "ray" in recipe:
+        load_config(DistributedTrainConfig, path)
+    else:
+        load_config(TrainConfig, path)
