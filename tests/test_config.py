@@ -66,21 +66,15 @@ def test_missing_file_is_clear(tmp_path):
         load_config(Run, tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith("lift_")))
 def test_every_recipe_parses(recipe):
-    """Each runnable recipe in configs/ loads into its config class: a renamed or mistyped key
-    fails here, not minutes into someone's run."""
+    """Each training recipe in configs/ loads into its config class: a renamed or mistyped key
+    fails here, not minutes into someone's run (lift recipes: tests/test_lift.py)."""
     from embodied.distributed.config import DistributedTrainConfig
-    from embodied.lift import LiftConfig
     from embodied.runner.trainer import TrainConfig
 
     path = ROOT / "configs" / recipe
-    if recipe.startswith("lift_"):
-        cfg = load_config(LiftConfig, path)
-        for part in (cfg.sft, cfg.rl):
-            if part:
-                load_config(TrainConfig, ROOT / part)
-    elif "ray" in recipe:
+    if "ray" in recipe:
         load_config(DistributedTrainConfig, path)
     else:
         load_config(TrainConfig, path)

@@ -75,7 +75,7 @@ def test_every_lift_recipe_and_the_recipes_it_names_load():
     for path in recipes:
         lift = load_config(LiftConfig, path)
         rl = load_config(TrainConfig, lift.rl, lift.rl_overrides)
-        assert rl.algo.name in ("ppo", "grpo") and rl.policy.kind in ("flow_vla", "ar_vla"), path
+        assert rl.algo.name in ("ppo", "grpo") and rl.policy.kind in ("flow_vla", "ar_vla", "lerobot_flow"), path
         if lift.sft:
             sft = load_config(TrainConfig, lift.sft, lift.sft_overrides)
             assert sft.algo.name == "sft" and sft.policy.kind == rl.policy.kind and sft.env.task == rl.env.task, path
