@@ -40,8 +40,11 @@ Nothing is fetched from a hub: the folder must be local and complete (a missing 
 `FileNotFoundError` naming it), loading runs with ``huggingface_hub`` in offline mode, and the
 torchvision backbone weights named by ``pretrained_backbone_weights`` are never downloaded
 (they are part of ``model.safetensors``). LeRobot is imported only when a policy is built.
-Policies that fetch a VLM or tokenizer at construction (pi0, SmolVLA, ...) therefore fail
-unless those files are already in the local cache.
+Policies that read a VLM's config or tokenizer at construction (pi0, SmolVLA, ...) need those
+files in a local folder or the cache. A SmolVLA is built with ``load_vlm_weights: false`` (its
+checkpoint holds every weight) and a tokenizer-only VLM processor, and its prefix cache keeps
+the ``crop`` that LeRobot 0.6.1 expects (see the SmolVLA shims below), so it runs on this
+environment's newer transformers.
 
 Saving (`save_pretrained`) writes our layout: ``config.json`` (kind ``"lerobot"``),
 ``model.safetensors`` (the weights) and the LeRobot folder's config and processor files under
@@ -54,6 +57,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import types
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,6 +147,70 @@ def check_lerobot_folder(directory: Path, weights: bool = True) -> dict[str, Any
     return raw
 
 
+# ---------------------------------------------------------------------------- SmolVLA on this stack
+# LeRobot 0.6.1 pins transformers < 5.6 for SmolVLA; this environment resolves a newer one.
+# Two shims make a SmolVLA checkpoint load and sample here, each a no-op for older versions.
+
+
+def legacy_crop_cache_class() -> type:
+    """A transformers ``DynamicCache`` whose ``crop(n)`` with n > 0 keeps the first n tokens.
+
+    LeRobot 0.6.1's SmolVLA ``denoise_step`` restores the prefix after each step with
+    ``past_key_values.crop(prefix_len)``: the meaning ``crop`` had up to transformers 5.5
+    (LeRobot pins < 5.6). Newer transformers read a positive argument as an error (only
+    negative "tokens to remove" are accepted), so SmolVLA's sampler raises there; this cache
+    keeps the old meaning and leaves negative arguments to transformers."""
+    global _LEGACY_CROP_CACHE
+    if _LEGACY_CROP_CACHE is None:
+        from transformers import DynamicCache
+
+        class LegacyCropCache(DynamicCache):
+            def crop(self, max_length: int) -> None:
+                if max_length <= 0:
+                    return super().crop(max_length)
+                for layer in self.layers:
+                    if getattr(layer, "is_initialized", True) and layer.keys is not None:
+                        layer.keys = layer.keys[..., :max_length, :]
+                        layer.values = layer.values[..., :max_length, :]
+                return None
+
+        _LEGACY_CROP_CACHE = LegacyCropCache
+    return _LEGACY_CROP_CACHE
+
+
+_LEGACY_CROP_CACHE: type | None = None
+
+
+def install_smolvla_cache_compat() -> None:
+    """SmolVLA's VLM-with-expert builds its prefix cache as a `legacy_crop_cache_class` cache,
+    so LeRobot's own sampler (``sample_actions`` -> ``denoise_step`` -> ``crop``) runs on
+    transformers >= 5.6 as it does on older versions."""
+    from lerobot.policies.smolvla import smolvlm_with_expert
+
+    smolvlm_with_expert.DynamicCache = legacy_crop_cache_class()
+
+
+@contextlib.contextmanager
+def tokenizer_only_vlm_processor() -> Iterator[None]:
+    """While SmolVLA is built, ``AutoProcessor.from_pretrained(vlm)`` returns an object whose
+    only attribute is the VLM's tokenizer: all LeRobot reads of it, and the full SmolVLM
+    processor would need ``num2words`` (the ``lerobot[smolvla]`` extra)."""
+    from lerobot.policies.smolvla import smolvlm_with_expert
+    from transformers import AutoTokenizer
+
+    class TokenizerOnlyProcessor:
+        @staticmethod
+        def from_pretrained(name: str, **kwargs: Any) -> Any:
+            return types.SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(name, **kwargs))
+
+    saved = smolvlm_with_expert.AutoProcessor
+    smolvlm_with_expert.AutoProcessor = TokenizerOnlyProcessor
+    try:
+        yield
+    finally:
+        smolvlm_with_expert.AutoProcessor = saved
+
+
 def load_lerobot_parts(
     directory: Path, device: str, weights: bool = True, config_overrides: dict[str, Any] | None = None
 ) -> tuple[Any, Any, Any]:
@@ -156,15 +224,22 @@ def load_lerobot_parts(
 
         lerobot_config = PreTrainedConfig.from_pretrained(directory, local_files_only=True)
         lerobot_config.device = device
+        smolvla = lerobot_config.type == "smolvla"
+        if smolvla:  # the checkpoint holds every weight: only the VLM's config and tokenizer are read
+            config_overrides = {"load_vlm_weights": False, **(config_overrides or {})}
         for field, value in (config_overrides or {}).items():
             setattr(lerobot_config, field, value)
         if hasattr(lerobot_config, "pretrained_backbone_weights"):
             lerobot_config.pretrained_backbone_weights = None  # torchvision would download them; the weights hold them
         policy_class = get_policy_class(lerobot_config.type)
-        if weights:
-            lerobot_policy = policy_class.from_pretrained(directory, config=lerobot_config, local_files_only=True, strict=True)
-        else:
-            lerobot_policy = policy_class(lerobot_config).to(device)
+        with tokenizer_only_vlm_processor() if smolvla else contextlib.nullcontext():
+            if weights:
+                lerobot_policy = policy_class.from_pretrained(directory, config=lerobot_config, local_files_only=True,
+                                                              strict=True)
+            else:
+                lerobot_policy = policy_class(lerobot_config).to(device)
+        if smolvla:
+            install_smolvla_cache_compat()
         overrides = {}
         steps = json.loads((directory / PREPROCESSOR_FILE).read_text()).get("steps", [])
         if any(step.get("registry_name") == "device_processor" for step in steps):

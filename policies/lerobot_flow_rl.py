@@ -59,12 +59,9 @@ runs on both (LeRobot's own SmolVLA sampler does not on transformers >= 5.6).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
-import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,7 +75,9 @@ from policies.lerobot_adapter import (
     LeRobotPolicyConfig,
     hub_offline,
     is_lerobot_folder,
+    legacy_crop_cache_class,
     load_lerobot_parts,
+    tokenizer_only_vlm_processor,
 )
 from policies.mlp import mlp
 from policies.vla.flow_likelihood import LOG_SQRT_2PI, ode_mean, step_distribution, time_grid
@@ -140,35 +139,6 @@ def prefix_cache(cache: Any, times: int = 1) -> Any:
             keys, values = keys.repeat_interleave(times, 0), values.repeat_interleave(times, 0)
         out.update(keys, values, index)
     return out
-
-
-def legacy_crop_cache_class() -> type:
-    """A transformers ``DynamicCache`` whose ``crop(n)`` with n > 0 keeps the first n tokens.
-
-    LeRobot 0.6.1's SmolVLA ``denoise_step`` restores the prefix after each step with
-    ``past_key_values.crop(prefix_len)``: the meaning ``crop`` had up to transformers 5.5
-    (LeRobot pins < 5.6). Newer transformers read a positive argument as an error (only
-    negative "tokens to remove" are accepted), so SmolVLA's sampler raises there; this cache
-    keeps the old meaning and leaves negative arguments to transformers."""
-    global _LEGACY_CROP_CACHE
-    if _LEGACY_CROP_CACHE is None:
-        from transformers import DynamicCache
-
-        class LegacyCropCache(DynamicCache):
-            def crop(self, max_length: int) -> None:
-                if max_length <= 0:
-                    return super().crop(max_length)
-                for layer in self.layers:
-                    if getattr(layer, "is_initialized", True) and layer.keys is not None:
-                        layer.keys = layer.keys[..., :max_length, :]
-                        layer.values = layer.values[..., :max_length, :]
-                return None
-
-        _LEGACY_CROP_CACHE = LegacyCropCache
-    return _LEGACY_CROP_CACHE
-
-
-_LEGACY_CROP_CACHE: type | None = None
 
 
 class FlowBackend:
@@ -254,27 +224,6 @@ class PI0Backend(FlowBackend):
 BACKENDS: dict[str, type[FlowBackend]] = {"smolvla": SmolVLABackend, "pi0": PI0Backend}
 
 
-@contextlib.contextmanager
-def tokenizer_only_vlm_processor() -> Iterator[None]:
-    """While SmolVLA is built, ``AutoProcessor.from_pretrained(vlm)`` returns an object whose
-    only attribute is the VLM's tokenizer: all LeRobot reads of it, and the full SmolVLM
-    processor would need ``num2words`` (the ``lerobot[smolvla]`` extra)."""
-    from lerobot.policies.smolvla import smolvlm_with_expert
-    from transformers import AutoTokenizer
-
-    class TokenizerOnlyProcessor:
-        @staticmethod
-        def from_pretrained(name: str, **kwargs: Any) -> Any:
-            return types.SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(name, **kwargs))
-
-    saved = smolvlm_with_expert.AutoProcessor
-    smolvlm_with_expert.AutoProcessor = TokenizerOnlyProcessor
-    try:
-        yield
-    finally:
-        smolvlm_with_expert.AutoProcessor = saved
-
-
 def resolve_checkpoint(path: str) -> Path:
     """A local folder, or a hub id (``lerobot/smolvla_base``) already in the Hugging Face cache."""
     local = Path(path)
@@ -301,11 +250,7 @@ def load_flow_parts(directory: Path, config: LeRobotFlowConfig, weights: bool = 
             f"LeRobot policy type {kind!r} at {directory} has no flow chain to fine-tune with RL; "
             f"policy.kind: lerobot_flow supports {', '.join(SUPPORTED_TYPES)} (use kind: lerobot to evaluate it)."
         )
-    overrides = {"load_vlm_weights": False, **config.lerobot_overrides}  # the checkpoint holds every weight
-    if kind == "pi0":
-        overrides.pop("load_vlm_weights")
-    with tokenizer_only_vlm_processor():
-        return load_lerobot_parts(directory, config.device, weights=weights, config_overrides=overrides)
+    return load_lerobot_parts(directory, config.device, weights=weights, config_overrides=dict(config.lerobot_overrides))
 
 
 @register_policy

@@ -25,7 +25,6 @@ from policies.lerobot_flow_rl import (
     LeRobotFlowConfig,
     LeRobotFlowPolicy,
     build_tiny_smolvla,
-    legacy_crop_cache_class,
     load_lerobot_flow_policy,
 )
 
@@ -89,12 +88,9 @@ def test_act_log_prob_equals_the_recomputed_chain_log_prob(checkpoint, obs, like
     assert not torch.allclose(policy.evaluate(obs, out.action, other.extras)[0], out.log_prob)
 
 
-def test_deterministic_chain_is_lerobots_own_sampler(checkpoint, obs, monkeypatch):
-    """Without stochastic steps our chain reproduces LeRobot's predict_action_chunk for the same noise."""
-    from lerobot.policies.smolvla import smolvlm_with_expert
-
-    # LeRobot 0.6.1's denoise_step crops the cache with transformers < 5.6's meaning of crop
-    monkeypatch.setattr(smolvlm_with_expert, "DynamicCache", legacy_crop_cache_class())
+def test_deterministic_chain_is_lerobots_own_sampler(checkpoint, obs):
+    """Without stochastic steps our chain reproduces LeRobot's predict_action_chunk for the same
+    noise (which runs here because loading a SmolVLA installs the legacy-crop cache)."""
     policy = policy_of(checkpoint, action_dim=7)
     noise = torch.randn(NUM_ENVS, 4, 32, generator=torch.Generator().manual_seed(1))
     chain, log_prob = policy.sample(obs, deterministic=True, noise=noise)
@@ -215,3 +211,18 @@ def test_make_policy_and_clear_errors(checkpoint, obs, tmp_path):
     out = policy.act(obs)
     with pytest.raises(ValueError, match="expected"):
         policy.evaluate(obs, out.action, {"chain": out.extras["chain"][:, :2]})
+
+
+def test_the_plain_lerobot_adapter_runs_a_smolvla(checkpoint, obs):
+    """kind: lerobot (evaluation, frozen bases) loads and samples a SmolVLA too: LeRobot's own
+    select/predict path, the same chunk as lerobot_flow's deterministic chain for the same noise."""
+    from policies.lerobot_adapter import load_lerobot_policy
+
+    plain = load_lerobot_policy(checkpoint)
+    flow = policy_of(checkpoint, action_dim=7)
+    torch.manual_seed(3)
+    expected = flow.act(obs, deterministic=True).action
+    torch.manual_seed(3)
+    action = plain.act(obs, deterministic=True).action
+    assert action.shape == expected.shape == (NUM_ENVS, 4, 7)
+    torch.testing.assert_close(action, expected, atol=1e-5, rtol=1e-5)
