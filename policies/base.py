@@ -183,13 +183,18 @@ class Policy(nn.Module, abc.ABC):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, overrides: dict[str, Any] | None = None) -> Policy:
-        """Load a policy saved by `save_pretrained` (any registered kind when called on Policy);
+        """Load a policy saved by `save_pretrained` (any registered kind when called on Policy),
+        or, called on Policy, a LeRobot ``pretrained_model`` folder (through the LeRobot adapter);
         `overrides` sets `runtime_fields` (before building) and `adapter_fields` (after loading)."""
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"No config.json in {str(directory)!r}: not a saved policy folder.")
         raw = json.loads(config_path.read_text())
+        if "kind" not in raw and "type" in raw and getattr(cls, "kind", None) is None:  # LeRobot's folder
+            from policies.lerobot_adapter import load_lerobot_policy
+
+            return load_lerobot_policy(directory, **(overrides or {}))
         kind = raw.pop("kind", getattr(cls, "kind", None))
         if kind not in POLICIES:
             raise ValueError(f"Unknown policy kind {kind!r} in {config_path}; known: {', '.join(POLICIES)}.")

@@ -208,6 +208,20 @@ def test_evaluate_policy_runs(act_state_folder):
     assert result["episodes"] == 2 and 0.0 <= result["success_rate"] <= 1.0
 
 
+def test_a_raw_lerobot_folder_loads_wherever_a_policy_folder_does(act_state_folder):
+    """Policy.from_pretrained (and so embodied eval / deploy / serve) routes a LeRobot
+    pretrained_model folder, which has a "type" and no "kind", through the adapter."""
+    from policies.base import Policy
+    from real_robot.policy_runtime import load_policy
+
+    obs = env_obs(STATE_ENV)
+    expected = load_lerobot_policy(act_state_folder).act(obs, deterministic=True).action
+    for policy in (Policy.from_pretrained(act_state_folder), load_policy(act_state_folder)):
+        assert isinstance(policy, LeRobotPolicy)
+        torch.testing.assert_close(policy.act(obs, deterministic=True).action, expected)
+    assert Policy.from_pretrained(act_state_folder, {"chunk_size": 2}).chunk_size == 2
+
+
 def test_frozen_no_log_prob(act_state_folder):
     policy = load_lerobot_policy(act_state_folder)
     assert not any(p.requires_grad for p in policy.parameters())
