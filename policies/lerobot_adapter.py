@@ -403,20 +403,26 @@ class LeRobotPolicy(Policy):
         self.postprocessor.save_pretrained(target)
 
     @classmethod
+    def load_parts(cls, directory: Path, config: LeRobotPolicyConfig, weights: bool = True) -> tuple[Any, Any, Any]:
+        """(PreTrainedPolicy, preprocessor, postprocessor) of a LeRobot folder, as this class needs them."""
+        return load_lerobot_parts(directory, config.device, weights=weights)
+
+    @classmethod
     def build_for_folder(cls, config: LeRobotPolicyConfig, directory: Path) -> LeRobotPolicy:
         """Our saved folder: the LeRobot parts from ``lerobot/`` (weights come from our model.safetensors)."""
         inner = Path(directory) / LEROBOT_SUBFOLDER
         if not (inner / "config.json").is_file():
-            raise FileNotFoundError(f"{inner / 'config.json'} is missing: a saved lerobot policy keeps its LeRobot config there.")
+            raise FileNotFoundError(f"{inner / 'config.json'} is missing: a saved {cls.kind} policy keeps its LeRobot config there.")
         config = dataclasses.replace(config, path=str(inner))
-        return cls(config, parts=load_lerobot_parts(inner, config.device, weights=False))
+        return cls(config, parts=cls.load_parts(inner, config, weights=False))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> Policy:
-        """A folder saved by `save_pretrained`, or a LeRobot ``pretrained_model`` folder."""
+    def from_pretrained(cls, directory: str | Path, overrides: dict[str, Any] | None = None) -> Policy:
+        """A folder saved by `save_pretrained`, or a LeRobot ``pretrained_model`` folder (`overrides`:
+        config fields of this class)."""
         if is_lerobot_folder(directory):
-            return load_lerobot_policy(directory)
-        return super().from_pretrained(directory)
+            return cls(cls.config_class(path=str(directory), **(overrides or {})))
+        return super().from_pretrained(directory, overrides)
 
 
 def load_lerobot_policy(path: str | Path, **overrides: Any) -> LeRobotPolicy:

@@ -68,13 +68,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from policies.base import Policy, PolicyOutput, register_policy
+from policies.base import PolicyOutput, register_policy
 from policies.lerobot_adapter import (
-    LEROBOT_SUBFOLDER,
     LeRobotPolicy,
     LeRobotPolicyConfig,
     hub_offline,
-    is_lerobot_folder,
     legacy_crop_cache_class,
     load_lerobot_parts,
     tokenizer_only_vlm_processor,
@@ -482,20 +480,8 @@ class LeRobotFlowPolicy(LeRobotPolicy):
     # ---- save / load -------------------------------------------------------------------------
 
     @classmethod
-    def build_for_folder(cls, config: LeRobotFlowConfig, directory: Path) -> LeRobotFlowPolicy:
-        """Our saved folder: the LeRobot parts from ``lerobot/``; the weights from model.safetensors."""
-        inner = Path(directory) / LEROBOT_SUBFOLDER
-        if not (inner / "config.json").is_file():
-            raise FileNotFoundError(f"{inner / 'config.json'} is missing: a saved lerobot_flow policy keeps its LeRobot config there.")
-        config = dataclasses.replace(config, path=str(inner))
-        return cls(config, parts=load_flow_parts(inner, config, weights=False))
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, overrides: dict[str, Any] | None = None) -> Policy:
-        """A folder saved by `save_pretrained`, or a LeRobot SmolVLA/pi0 ``pretrained_model`` folder."""
-        if is_lerobot_folder(directory):
-            return load_lerobot_flow_policy(directory, **(overrides or {}))
-        return Policy.from_pretrained(directory, overrides)
+    def load_parts(cls, directory: Path, config: LeRobotFlowConfig, weights: bool = True) -> tuple[Any, Any, Any]:
+        return load_flow_parts(directory, config, weights)
 
 
 def obs_device(obs: dict[str, Any]) -> torch.device:
