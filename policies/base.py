@@ -82,6 +82,14 @@ def reduce_log_prob(elements: torch.Tensor, level: str) -> torch.Tensor:
     raise ValueError(f"Unknown log-prob level {level!r}; valid: {', '.join(LOG_PROB_LEVELS)}.")
 
 
+def repeat_obs(obs: dict[str, Any], times: int) -> dict[str, Any]:
+    """Each observation `times` times in a row (env-major): tensors and instruction lists."""
+    if times == 1:
+        return obs
+    return {k: v.repeat_interleave(times, 0) if isinstance(v, torch.Tensor) else [x for x in v for _ in range(times)]
+            for k, v in obs.items()}
+
+
 class Policy(nn.Module, abc.ABC):
     """Base class: a `config` dataclass, act/evaluate, and HF-layout save/load."""
 
@@ -133,6 +141,16 @@ class Policy(nn.Module, abc.ABC):
             return log_prob[:, None], entropy, value
         elements, entropy, value = self.evaluate_elements(obs, actions, extras)
         return reduce_log_prob(elements, level), entropy, value
+
+    @torch.no_grad()
+    def sample_chunks(self, obs: dict[str, Any], samples: int) -> torch.Tensor:
+        """(N, K, T, A) `samples` = K stochastic chunks per observation, in one batched `act`
+        over the observations repeated K times (env-major); VLAs override it to encode each
+        observation's prefix once. Off-policy RL reads it (PA-RL's proposals, Cal-QL's policy
+        actions)."""
+        repeated = repeat_obs(obs, samples)
+        action = self.act(repeated).action
+        return action.view(-1, samples, *action.shape[1:])
 
     def add_adapters(self, **fields: Any) -> None:
         """Add the adapters `adapter_fields` ask for (a VLA's LoRA)."""

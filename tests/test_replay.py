@@ -124,7 +124,7 @@ def test_buffer_round_trips_through_a_lerobot_dataset(tmp_path):
         inside = ~flat["done"]
         assert torch.equal(loaded.next_obs[key][:, 0][inside], torch.roll(flat[key], -1, 0)[inside])
     assert loaded.intervention.any() and loaded.terminated.any() and (loaded.done & ~loaded.terminated).any()
-    assert loaded.tasks[0] == "test the buffer"
+    assert loaded.task_names == ["test the buffer"] and not loaded.task.any()  # every frame's instruction, index 0
     # n-step returns never cross an episode boundary in the loaded buffer
     batch = loaded.gather(torch.arange(len(loaded)), torch.zeros(len(loaded), dtype=torch.long), n_step=10, gamma=1.0)
     ends = flat["done"].nonzero()[:, 0]

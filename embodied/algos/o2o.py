@@ -2,8 +2,34 @@
 learning online, WSRL-style (Zhou et al., "Efficient Online RL Fine-Tuning Need Not Retain
 Offline Data") or RLPD-style (Ball et al.), chosen by `online_mode`.
 
-The policy is a Gaussian MLP (`policy.kind: mlp`; its actions are clipped to [-1, 1] before
-they reach Q). The run, top to bottom:
+The policy is a Gaussian MLP/CNN (`policy.kind: mlp`; its actions are clipped to [-1, 1]
+before they reach Q), trained by the method's own actor update (`actor_update: native`: SAC
+for Cal-QL, AWR for IQL) or by PA-RL (`actor_update: parl`, embodied/algos/parl.py); or any
+other `Policy` with `act` and `supervised_loss` (the flow and AR VLAs), which only PA-RL can
+train (it needs samples and a supervised loss, no density), with a Cal-QL critic. For such a
+policy:
+
+  * the critic is asymmetric: Q reads the privileged state vector
+    [observation.state, observation.environment_state] normalised with the dataset's
+    statistics, not the images the policy sees (the asymmetric actor-critic used for sim
+    training, Pinto et al. 2017; the policy stays deployable from pixels);
+  * Q is chunk-level: for a policy emitting T actions per decision,
+    Q(s_t, flatten(a_t..a_{t+T-1})) with the T-step discounted reward sum and the bootstrap
+    at s_{t+T} (`algo.n_step` is T; the replay buffer's n-step machinery with `chunk=T`).
+    A chunk that runs past its episode's end is padded with the episode's last action (the
+    target there has no bootstrap or the truncated episode's own, so the pad never matters
+    to the return; Q sees it as part of the input, as SFT's chunks do);
+  * Cal-QL's policy actions (its CQL term and its next-state target) are chunks sampled from
+    the policy in batch (`Policy.sample_chunks`: one prefix encoding, K chains). The policy
+    has no cheap density, so its samples are weighted like the uniform ones (the regulariser
+    becomes a soft maximum of Q over uniform and policy chunks, with Cal-QL's calibration on
+    the latter); the chunks drawn for it are reused as PA-RL's K proposals;
+  * online, each env executes its chunk step by step (a fresh chunk when the last is used up
+    or the episode ended) and every step is stored;
+  * the policy keeps the state normalisation it was trained with (SFT froze it), and is
+    normally initialised from a trained policy (`init_from`).
+
+The run, top to bottom:
 
   1. offline: `offline_updates` gradient updates on the dataset alone (no env steps; the
      Trainer's iterations run `updates_per_iteration` of them each), the method's losses
@@ -25,6 +51,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -34,7 +61,11 @@ from embodied.algos import calql, iql, parl
 from embodied.algos.base import AlgoConfig, Algorithm, register_algo
 from embodied.algos.offpolicy import QEnsemble, collect_steps, pair_min, polyak
 from embodied.data.replay import ReplayBuffer, from_lerobot, returns_to_go, sample_mixed
+from embodied.runner.rollout import select_obs
+from policies.base import Policy
 from policies.mlp import GaussianActorCritic
+
+CRITIC_STATE = ("observation.state", "observation.environment_state")  # the asymmetric critic's input
 
 
 @dataclasses.dataclass
@@ -47,7 +78,7 @@ class O2OConfig(AlgoConfig):
     lr: float = 3e-4  # actor (and IQL's value head)
     critic_lr: float = 3e-4
     gamma: float = 0.97
-    n_step: int = 3
+    n_step: int = 3  # chunked policies: T, the chunk size
     tau: float = 0.005
     batch_size: int = 256
     num_critics: int = 2
@@ -77,24 +108,45 @@ class O2OConfig(AlgoConfig):
 class OfflineToOnline(Algorithm):
     config_class = O2OConfig
 
-    def __init__(self, policy: GaussianActorCritic, cfg: O2OConfig):
+    def __init__(self, policy: Policy, cfg: O2OConfig):
         super().__init__(policy, cfg)
-        if not isinstance(policy, GaussianActorCritic) or policy.chunk_size != 1:
+        self.gaussian = isinstance(policy, GaussianActorCritic)
+        if self.gaussian and policy.chunk_size != 1:
             raise ValueError("algo o2o trains a Gaussian MLP/CNN policy with chunk_size 1.")
+        if not self.gaussian:
+            kind = getattr(policy, "kind", type(policy).__name__)
+            if cfg.actor_update != "parl":
+                raise ValueError(f"algo o2o's native actor updates (Cal-QL's SAC, IQL's AWR) train a Gaussian MLP/CNN "
+                                 f"policy; a {kind} policy trains with algo.actor_update=parl (PA-RL: its own supervised "
+                                 "loss on Q-improved chunks).")
+            if cfg.method != "calql":
+                raise ValueError(f"PA-RL on a {kind} policy uses a Cal-QL critic (algo.method=calql); IQL's value is "
+                                 "the Gaussian policy's value head.")
+            if type(policy).supervised_loss is Policy.supervised_loss:
+                raise ValueError(f"PA-RL distils into the policy with its supervised loss; {kind} has none.")
         if not cfg.dataset:
             raise ValueError("algo.dataset must name a LeRobot dataset with rewards (embodied record writes one).")
         spec = policy.feature_spec()
-        self.obs_keys = tuple(spec.vectors)
+        self.chunk = spec.chunk_size
+        self.n_step = self.chunk if self.chunk > 1 else cfg.n_step
+        self.critic_keys = tuple(spec.vectors) if self.gaussian else CRITIC_STATE
+        self.obs_keys = tuple(dict.fromkeys([*spec.images, *spec.vectors, *self.critic_keys]))
         self.offline = from_lerobot(cfg.dataset, self.obs_keys, reward=cfg.dataset_reward)
         self.offline.return_to_go = returns_to_go(self.offline, cfg.gamma)
-        stats = {k: (v[:, 0].mean(0), v[:, 0].std(0).clamp(min=1e-3)) for k, v in self.offline.obs.items()}
-        policy.set_normalization(stats)
-        self.action_dim = spec.action_dim
-        self.critic = QEnsemble(spec.vector_dim, self.action_dim, cfg.num_critics, tuple(cfg.critic_hidden_sizes))
+        stats = {k: (self.offline.obs[k][:, 0].mean(0), self.offline.obs[k][:, 0].std(0).clamp(min=1e-3))
+                 for k in self.critic_keys}
+        if self.gaussian:
+            policy.set_normalization(stats)
+        self.critic_mean = torch.cat([stats[k][0] for k in self.critic_keys])
+        self.critic_std = torch.cat([stats[k][1] for k in self.critic_keys])
+        self.action_dim = spec.action_dim * self.chunk  # Q's action input: the flattened chunk
+        feature_dim = spec.vector_dim if self.gaussian else int(self.critic_mean.shape[0])
+        self.critic = QEnsemble(feature_dim, self.action_dim, cfg.num_critics, tuple(cfg.critic_hidden_sizes))
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.buffer: ReplayBuffer | None = None
+        self.runner: ChunkRunner | None = None
         self.updates = 0
         self.env_steps = 0
         self.online_steps = 0
@@ -111,32 +163,59 @@ class OfflineToOnline(Algorithm):
             return {"env_steps": 0}, obs, None
         if self.buffer is None:
             shapes = {k: tuple(obs[k].shape[1:]) for k in self.obs_keys}
-            self.buffer = ReplayBuffer(cfg.buffer_steps, env.num_envs, shapes, env.action_dim, env.device)
+            dtypes = {k: obs[k].dtype for k in self.obs_keys if obs[k].dtype == torch.uint8}
+            self.buffer = ReplayBuffer(cfg.buffer_steps, env.num_envs, shapes, env.action_dim, env.device, dtypes)
+        if self.runner is None or self.runner.num_envs != env.num_envs:
+            self.runner = ChunkRunner(self.policy, env.num_envs, self.chunk)
 
         def choose(o: dict[str, Any]) -> torch.Tensor:
             self.online_steps += 1
-            return self.policy.act(o).action[:, 0].clamp(-1, 1)
+            return self.runner(o)
 
-        obs = collect_steps(env, obs, cfg.steps_per_iteration, choose, self.buffer, tracker)
+        obs = collect_steps(env, obs, cfg.steps_per_iteration, choose, self.buffer, tracker, on_done=self.runner.ended)
         return {"env_steps": cfg.steps_per_iteration * env.num_envs}, obs, None
 
     # ------------------------------------------------------------------ batches
     def sample(self) -> dict[str, Any]:
         """Offline: a dataset batch. Online: wsrl, online data only; rlpd, `offline_fraction`
-        dataset rows. Each row carries its return-to-go (-inf for online rows)."""
+        dataset rows. Each row carries its return-to-go (-inf for online rows) and its chunk of
+        T actions (`action_chunk`, (B, T, A))."""
         cfg = self.cfg
         if self.offline_phase:
-            return self.offline.sample(cfg.batch_size, cfg.n_step, cfg.gamma, self.generator)
+            return self.offline.sample(cfg.batch_size, self.n_step, cfg.gamma, self.generator, chunk=self.chunk)
         fraction = cfg.offline_fraction if cfg.online_mode == "rlpd" else 0.0
-        return sample_mixed(self.buffer, self.offline, cfg.batch_size, fraction, cfg.n_step, cfg.gamma, self.generator)
+        return sample_mixed(self.buffer, self.offline, cfg.batch_size, fraction, self.n_step, cfg.gamma, self.generator,
+                            chunk=self.chunk)
 
     # ------------------------------------------------------------------ losses
+    def critic_features(self, obs: dict[str, Any]) -> torch.Tensor:
+        """Q's state input (B, F): the Gaussian policy's own features, or the normalised
+        privileged state (asymmetric critic)."""
+        if self.gaussian:
+            return self.policy.features(obs)
+        state = torch.cat([obs[k].float().flatten(1) for k in self.critic_keys], dim=1)
+        return (state - self.critic_mean.to(state.device)) / self.critic_std.to(state.device)
+
     def policy_sample(self, features: torch.Tensor, samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, K, A) reparameterised actions in [-1, 1] and their log-probs (B, K)."""
+        """Gaussian policy: (B, K, A) reparameterised actions in [-1, 1] and their log-probs (B, K)."""
         dist = self.policy.distribution(features)
         raw = dist.rsample((samples,))  # (K, B, A)
         log_prob = dist.log_prob(raw).sum(-1)
         return raw.clamp(-1, 1).transpose(0, 1), log_prob.transpose(0, 1)
+
+    @torch.no_grad()
+    def policy_actions(self, obs: dict[str, Any], features: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K policy actions per state as Q reads them, (B, K, D) (flattened chunks), and the
+        log-densities CQL weighs them by (B, K): the Gaussian's own; for a policy without a
+        density, the uniform's (see the module docstring)."""
+        if self.gaussian:
+            return self.policy_sample(features, samples)
+        chunks = self.policy.sample_chunks(obs, samples).flatten(2)
+        return chunks, torch.full(chunks.shape[:2], -self.action_dim * math.log(2.0), device=chunks.device)
+
+    def data_action(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's actions as Q reads them: (B, T * A) flattened chunks in [-1, 1]."""
+        return batch["action_chunk"].flatten(1).clamp(-1, 1)
 
     def q_at(self, critic: QEnsemble, features: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Q of K actions per state: features (B, F), actions (B, K, A) -> (E, B, K)."""
@@ -148,17 +227,22 @@ class OfflineToOnline(Algorithm):
         """The critic loss, a function giving the actor loss (called after the critic's step,
         with the critic frozen), and statistics."""
         cfg = self.cfg
-        features = self.policy.features(batch["obs"]).detach()
+        features = self.critic_features(batch["obs"]).detach()
         with torch.no_grad():
-            next_features = self.policy.features(batch["next_obs"])
-            next_action, _ = self.policy_sample(next_features)
+            next_features = self.critic_features(batch["next_obs"])
+            next_action, _ = self.policy_actions(batch["next_obs"], next_features, 1)
             next_q = pair_min(self.q_at(self.target_critic, next_features, next_action)[..., 0], self.generator)
             target = batch["n_step_reward"] + batch["discount"] * next_q
-        q_data = self.critic(features, batch["action"].clamp(-1, 1))
+        q_data = self.critic(features, self.data_action(batch))
         alpha = cfg.cql_alpha if self.offline_phase or cfg.online_mode == "rlpd" else cfg.online_cql_alpha
         with torch.no_grad():
             uniform = torch.rand(features.shape[0], cfg.cql_samples, self.action_dim, generator=self.generator) * 2 - 1
-            policy_actions, policy_log_prob = self.policy_sample(features, cfg.cql_samples)
+            uniform = uniform.to(features.device)
+            drawn = max(cfg.cql_samples, cfg.parl_samples if cfg.actor_update == "parl" and not self.gaussian else 0)
+            samples, samples_log_prob = self.policy_actions(batch["obs"], features, drawn)
+            policy_actions, policy_log_prob = samples[:, : cfg.cql_samples], samples_log_prob[:, : cfg.cql_samples]
+            if not self.gaussian:
+                batch["policy_samples"] = samples  # PA-RL's proposals (the policy is unchanged until the actor step)
         q_uniform = self.q_at(self.critic, features, uniform)
         q_policy = self.q_at(self.critic, features, policy_actions)
         loss, stats = calql.critic_loss(q_data, target, q_uniform, q_policy, policy_log_prob, batch["return_to_go"],
@@ -174,7 +258,7 @@ class OfflineToOnline(Algorithm):
         """Like `calql_losses`; the actor loss includes the value head's expectile loss."""
         cfg = self.cfg
         features = self.policy.features(batch["obs"]).detach()
-        action = batch["action"].clamp(-1, 1)
+        action = self.data_action(batch)
         with torch.no_grad():
             target_q = self.target_critic(features, action).min(0).values
             next_value = self.policy.critic(self.policy.features(batch["next_obs"]))[:, 0]
@@ -189,20 +273,23 @@ class OfflineToOnline(Algorithm):
 
     def parl_actor_loss(self, batch: dict[str, Any], stats: dict[str, torch.Tensor]) -> Callable[[], torch.Tensor]:
         """PA-RL (embodied/algos/parl.py): the policy's own supervised loss on the best refined
-        of `parl_samples` of its actions (IQL: plus the value head's expectile loss)."""
+        of `parl_samples` of its actions or chunks (flattened for Q, reshaped (B, T, A) for the
+        loss; IQL: plus the value head's expectile loss)."""
         cfg = self.cfg
 
         def loss() -> torch.Tensor:
-            features = self.policy.features(batch["obs"]).detach()
-            with torch.no_grad():
-                candidates, _ = self.policy_sample(features, cfg.parl_samples)
+            features = self.critic_features(batch["obs"]).detach()
+            candidates = batch.get("policy_samples")
+            if candidates is None:
+                candidates, _ = self.policy_actions(batch["obs"], features, cfg.parl_samples)
+            candidates = candidates[:, : cfg.parl_samples]
             chosen, improve_stats = parl.improve_actions(self.critic, features, candidates, cfg.parl_keep, cfg.parl_steps,
                                                          cfg.parl_step_size)
             stats.update(improve_stats)
-            distil, _ = self.policy.supervised_loss(batch["obs"], chosen[:, None])
+            distil, _ = self.policy.supervised_loss(batch["obs"], chosen.view(chosen.shape[0], self.chunk, -1))
             if cfg.method == "iql":
                 with torch.no_grad():
-                    target_q = self.target_critic(features, batch["action"].clamp(-1, 1)).min(0).values
+                    target_q = self.target_critic(features, self.data_action(batch)).min(0).values
                 distil = distil + iql.value_loss(target_q, self.policy.critic(features)[:, 0], cfg.iql_expectile)
             return distil
 
@@ -252,7 +339,8 @@ class OfflineToOnline(Algorithm):
                 "critic_optimizer": self.critic_optimizer.state_dict(), "updates": self.updates,
                 "online_steps": self.online_steps, "pending_updates": self.pending_updates,
                 "buffer": self.buffer.state_dict() if self.buffer is not None else None,
-                "buffer_shapes": (self.buffer.obs_shapes, self.buffer.num_envs, self.buffer.action_dim) if self.buffer else None}
+                "buffer_shapes": (self.buffer.obs_shapes, self.buffer.num_envs, self.buffer.action_dim,
+                                  self.buffer.obs_dtypes) if self.buffer else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -261,6 +349,43 @@ class OfflineToOnline(Algorithm):
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.updates, self.online_steps, self.pending_updates = state["updates"], state["online_steps"], state["pending_updates"]
         if state["buffer"] is not None:
-            shapes, num_envs, action_dim = state["buffer_shapes"]
-            self.buffer = ReplayBuffer(self.cfg.buffer_steps, num_envs, shapes, action_dim)
+            shapes, num_envs, action_dim, *dtypes = state["buffer_shapes"]
+            self.buffer = ReplayBuffer(self.cfg.buffer_steps, num_envs, shapes, action_dim,
+                                       obs_dtypes=dtypes[0] if dtypes else None)
             self.buffer.load_state_dict(state["buffer"])
+
+
+class ChunkRunner:
+    """Executes a policy's chunks of T actions step by step in N envs: an env gets a fresh
+    chunk (one batched `act` over the envs that need one) when its last is used up or its
+    episode ended. With T = 1 it is `act` at every step."""
+
+    def __init__(self, policy: Policy, num_envs: int, chunk: int):
+        self.policy, self.num_envs, self.chunk = policy, num_envs, chunk
+        self.queue: torch.Tensor | None = None  # (N, T, A)
+        self.index = torch.full((num_envs,), chunk, dtype=torch.long)  # the next action of each env's chunk
+
+    @torch.no_grad()
+    def __call__(self, obs: dict[str, Any]) -> torch.Tensor:
+        need = (self.index >= self.chunk).nonzero()[:, 0]
+        if len(need):
+            rows = obs if len(need) == self.num_envs else select_obs(_as_arrays(obs), need)
+            chunk = self.policy.act(rows).action.clamp(-1, 1)
+            if self.queue is None:
+                self.queue = torch.zeros(self.num_envs, *chunk.shape[1:], device=chunk.device)
+            self.queue[need.to(chunk.device)] = chunk
+            self.index[need] = 0
+        action = self.queue[torch.arange(self.num_envs), self.index.to(self.queue.device)]
+        self.index += 1
+        return action
+
+    def ended(self, done: torch.Tensor) -> None:
+        """Envs whose episode ended start their next one with a fresh chunk."""
+        self.index[done.cpu()] = self.chunk
+
+
+def _as_arrays(obs: dict[str, Any]) -> dict[str, Any]:
+    """An observation batch with the instructions as an object array (what `select_obs` reads)."""
+    import numpy as np
+
+    return {k: np.array(v, dtype=object) if k == "task" else v for k, v in obs.items()}

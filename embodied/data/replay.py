@@ -5,13 +5,18 @@ Storage is time-major, one column per env: every field is a ring of shape (capac
 where N is the number of envs that write to it (1 for a buffer loaded from a dataset, whose
 episodes are laid end to end). A transition at (t, i) holds
 
-    obs          the observation the action was taken at       {key: (capacity, N, D_key)}
+    obs          the observation the action was taken at       {key: (capacity, N, *shape_key)}
+                 (float32, or the key's dtype in `obs_dtypes`: uint8 for images)
     action       (capacity, N, A)                              float32 in env units
     reward       (capacity, N)                                 float32
     terminated   (capacity, N) bool: the episode ended in a terminal state (no bootstrap)
     done         (capacity, N) bool: the episode ended (terminated or truncated)
     next_obs     the observation after the step (the final one when the episode ended)
     intervention (capacity, N) bool: a human/safety takeover produced this action
+    task         (capacity, N) index into `task_names` of the instruction (when the
+                 observations written carry `task`, a VLA's); sampled batches give it back
+                 as `obs["task"]` and `next_obs["task"]` (lists of strings: an n-step
+                 bootstrap never leaves its episode, so its instruction is the same)
 
 n-step targets are assembled when sampling: from (t, i), follow column i forward while the
 episode lasts, up to n steps and never past the newest transition,
@@ -21,6 +26,13 @@ episode lasts, up to n steps and never past the newest transition,
 
 so that target = R + discount * Q'(bootstrap obs, .). A truncated episode keeps its discount
 (it is bootstrapped from its final observation).
+
+Action chunks (`chunk=T` when sampling, for a policy that emits T actions per decision):
+the batch also carries `action_chunk` (B, T, A) = a_t..a_{t+T-1}, read forward along the
+same column while the episode lasts and never past the newest transition; the steps beyond
+that are padded with the last real action and flagged in `action_is_pad` (B, T). With
+n_step = T the target is then that of the chunk: Q(s_t, a_t..a_{t+T-1}) bootstrapped at
+s_{t+T} (or earlier at the episode's end).
 """
 
 from __future__ import annotations
@@ -38,23 +50,26 @@ class ReplayBuffer:
     """Fixed-capacity ring of transitions from N envs (see the module docstring for fields)."""
 
     def __init__(self, capacity: int, num_envs: int, obs_shapes: dict[str, tuple[int, ...]], action_dim: int,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", obs_dtypes: dict[str, torch.dtype] | None = None):
         if capacity <= 0 or num_envs <= 0:
             raise ValueError(f"capacity and num_envs must be positive; got {capacity}, {num_envs}.")
         self.capacity, self.num_envs, self.device = capacity, num_envs, torch.device(device)
         self.obs_shapes = {k: tuple(s) for k, s in obs_shapes.items()}
         self.action_dim = action_dim
+        self.obs_dtypes = {k: (obs_dtypes or {}).get(k, torch.float32) for k in self.obs_shapes}
 
         def zeros(*shape, dtype=torch.float32):
             return torch.zeros(capacity, num_envs, *shape, dtype=dtype, device=self.device)
 
-        self.obs = {k: zeros(*s) for k, s in self.obs_shapes.items()}
-        self.next_obs = {k: zeros(*s) for k, s in self.obs_shapes.items()}
+        self.obs = {k: zeros(*s, dtype=self.obs_dtypes[k]) for k, s in self.obs_shapes.items()}
+        self.next_obs = {k: zeros(*s, dtype=self.obs_dtypes[k]) for k, s in self.obs_shapes.items()}
         self.action = zeros(action_dim)
         self.reward = zeros()
         self.terminated = zeros(dtype=torch.bool)
         self.done = zeros(dtype=torch.bool)
         self.intervention = zeros(dtype=torch.bool)
+        self.task = zeros(dtype=torch.long)
+        self.task_names: list[str] = []
         # Monte-Carlo return-to-go where known (a dataset's, see `returns_to_go`), else -inf
         self.return_to_go = torch.full((capacity, num_envs), float("-inf"), device=self.device)
         self.pos = 0  # the next time slot to write
@@ -77,15 +92,24 @@ class ReplayBuffer:
         episode ended (not the auto-reset one)."""
         t = self.pos
         for k in self.obs_shapes:
-            self.obs[k][t] = obs[k].to(self.device, torch.float32).reshape(self.num_envs, *self.obs_shapes[k])
-            self.next_obs[k][t] = next_obs[k].to(self.device, torch.float32).reshape(self.num_envs, *self.obs_shapes[k])
+            dtype = self.obs_dtypes[k]
+            self.obs[k][t] = obs[k].to(self.device, dtype).reshape(self.num_envs, *self.obs_shapes[k])
+            self.next_obs[k][t] = next_obs[k].to(self.device, dtype).reshape(self.num_envs, *self.obs_shapes[k])
         self.action[t] = action.to(self.device, torch.float32).reshape(self.num_envs, self.action_dim)
         self.reward[t] = reward.to(self.device, torch.float32)
         self.terminated[t] = terminated.to(self.device, torch.bool)
         self.done[t] = (terminated | truncated).to(self.device, torch.bool)
         self.intervention[t] = False if intervention is None else intervention.to(self.device, torch.bool)
+        if "task" in obs:
+            self.task[t] = torch.tensor([self.task_id(name) for name in obs["task"]], device=self.device)
         self.pos = (self.pos + 1) % self.capacity
         self.full = self.full or self.pos == 0
+
+    def task_id(self, name: str) -> int:
+        """The index of an instruction in `task_names` (added when new)."""
+        if name not in self.task_names:
+            self.task_names.append(name)
+        return self.task_names.index(name)
 
     # ------------------------------------------------------------------ sampling
     def _ahead(self, t: torch.Tensor) -> torch.Tensor:
@@ -102,11 +126,14 @@ class ReplayBuffer:
         env = torch.randint(self.num_envs, (batch_size,), generator=generator)
         return t.to(self.device), env.to(self.device)
 
-    def gather(self, t: torch.Tensor, env: torch.Tensor, n_step: int = 1, gamma: float = 0.99) -> dict[str, Any]:
+    def gather(self, t: torch.Tensor, env: torch.Tensor, n_step: int = 1, gamma: float = 0.99,
+               chunk: int = 0) -> dict[str, Any]:
         """The transitions (t, env) with their n-step return, discount and bootstrap observation:
         {obs, action, reward (1-step), n_step_reward, discount, next_obs (n-step bootstrap),
-        terminated, done, intervention, return_to_go}; every value (B, ...)."""
+        terminated, done, intervention, return_to_go}; every value (B, ...). `chunk` = T > 0
+        adds `action_chunk` (B, T, A) and `action_is_pad` (B, T) (see the module docstring)."""
         ahead = self._ahead(t)
+        extra = self.action_chunk(t, env, ahead, chunk) if chunk > 0 else {}
         n_return = torch.zeros(t.shape[0], device=self.device)
         discount = torch.ones(t.shape[0], device=self.device)
         last = t.clone()  # slot of the last transition the return uses
@@ -119,29 +146,48 @@ class ReplayBuffer:
             last = torch.where(alive, slot, last)
             alive = alive & ~self.done[slot, env]
         discount = discount * (~self.terminated[last, env]).float()
+        obs = {k: v[t, env] for k, v in self.obs.items()}
+        next_obs = {k: v[last, env] for k, v in self.next_obs.items()}
+        if self.task_names:
+            obs["task"] = next_obs["task"] = [self.task_names[i] for i in self.task[t, env].tolist()]
         return {
-            "obs": {k: v[t, env] for k, v in self.obs.items()},
+            "obs": obs,
             "action": self.action[t, env],
             "reward": self.reward[t, env],
             "n_step_reward": n_return,
             "discount": discount,
-            "next_obs": {k: v[last, env] for k, v in self.next_obs.items()},
+            "next_obs": next_obs,
             "terminated": self.terminated[t, env],
             "done": self.done[t, env],
             "intervention": self.intervention[t, env],
             "return_to_go": self.return_to_go[t, env],
+            **extra,
         }
 
+    def action_chunk(self, t: torch.Tensor, env: torch.Tensor, ahead: torch.Tensor, chunk: int) -> dict[str, torch.Tensor]:
+        """a_t..a_{t+T-1} (B, T, A) within the episode and the stored data, padded with the last
+        real action, and the padding flags (B, T)."""
+        actions, pads = [], []
+        alive = torch.ones(t.shape[0], dtype=torch.bool, device=self.device)
+        slot = t.clone()
+        for k in range(chunk):
+            if k > 0:
+                alive = alive & ~self.done[slot, env] & (ahead > k)
+                slot = torch.where(alive, (t + k) % self.capacity, slot)
+            actions.append(self.action[slot, env])
+            pads.append(~alive)
+        return {"action_chunk": torch.stack(actions, 1), "action_is_pad": torch.stack(pads, 1)}
+
     def sample(self, batch_size: int, n_step: int = 1, gamma: float = 0.99,
-               generator: torch.Generator | None = None) -> dict[str, Any]:
+               generator: torch.Generator | None = None, chunk: int = 0) -> dict[str, Any]:
         """A uniform batch with n-step targets (see `gather`)."""
-        return self.gather(*self.sample_index(batch_size, generator), n_step=n_step, gamma=gamma)
+        return self.gather(*self.sample_index(batch_size, generator), n_step=n_step, gamma=gamma, chunk=chunk)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {"obs": self.obs, "next_obs": self.next_obs, "action": self.action, "reward": self.reward,
                 "terminated": self.terminated, "done": self.done, "intervention": self.intervention,
-                "pos": self.pos, "full": self.full}
+                "task": self.task, "task_names": list(self.task_names), "pos": self.pos, "full": self.full}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k in self.obs:
@@ -149,6 +195,9 @@ class ReplayBuffer:
             self.next_obs[k].copy_(state["next_obs"][k])
         for name in ("action", "reward", "terminated", "done", "intervention"):
             getattr(self, name).copy_(state[name])
+        if "task" in state:
+            self.task.copy_(state["task"])
+            self.task_names = list(state["task_names"])
         self.pos, self.full = state["pos"], state["full"]
 
     # ------------------------------------------------------------------ episodes
@@ -184,7 +233,8 @@ def _starts_episode(buffer: ReplayBuffer, slot: torch.Tensor, env: int) -> bool:
 
 
 def sample_mixed(online: ReplayBuffer, offline: ReplayBuffer | None, batch_size: int, offline_fraction: float = 0.5,
-                 n_step: int = 1, gamma: float = 0.99, generator: torch.Generator | None = None) -> dict[str, Any]:
+                 n_step: int = 1, gamma: float = 0.99, generator: torch.Generator | None = None,
+                 chunk: int = 0) -> dict[str, Any]:
     """RLPD-style symmetric sampling: round(batch_size * offline_fraction) transitions from the
     offline/demo buffer, the rest from the online one, concatenated (offline first) with a
     boolean `from_offline` (B,). Without an offline buffer (or a fraction of 0) all come from
@@ -196,9 +246,9 @@ def sample_mixed(online: ReplayBuffer, offline: ReplayBuffer | None, batch_size:
         n_offline = batch_size
     parts = []
     if n_offline:
-        parts.append(offline.sample(n_offline, n_step, gamma, generator))
+        parts.append(offline.sample(n_offline, n_step, gamma, generator, chunk))
     if batch_size - n_offline:
-        parts.append(online.sample(batch_size - n_offline, n_step, gamma, generator))
+        parts.append(online.sample(batch_size - n_offline, n_step, gamma, generator, chunk))
     batch = concat_batches(parts)
     device = parts[0]["reward"].device
     batch["from_offline"] = torch.arange(batch_size, device=device) < n_offline
@@ -212,7 +262,8 @@ def concat_batches(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in parts[0].items():
         if isinstance(value, dict):
-            out[key] = {k: torch.cat([p[key][k] for p in parts]) for k in value}
+            out[key] = {k: torch.cat([p[key][k] for p in parts]) if isinstance(v, torch.Tensor)
+                        else [x for p in parts for x in p[key][k]] for k, v in value.items()}
         else:
             out[key] = torch.cat([p[key] for p in parts])
     return out
@@ -224,7 +275,8 @@ def from_lerobot(root: str | Path, obs_keys: tuple[str, ...] = OBS_KEYS, episode
     """A one-column buffer holding a LeRobot dataset's episodes end to end.
 
     Needs `action`, `next.reward` and `next.done`; `complementary_info.is_intervention` is
-    read when present. The last frame of an episode is `terminated` when the dataset says
+    read when present. Image keys (`observation.images.*`) are held as uint8 (H, W, 3); each
+    frame's instruction is kept (the buffer's `task` column). The last frame of an episode is `terminated` when the dataset says
     so (`next.terminated`) or, failing that, when it succeeded (`next.success`, the envs end
     episodes on success) or, failing both, always; its next observation is its own (there is
     none after it: with terminated the value is not used). Inside an episode next_obs is the
@@ -256,7 +308,8 @@ def from_lerobot(root: str | Path, obs_keys: tuple[str, ...] = OBS_KEYS, episode
     else:
         terminal = torch.ones(frames, dtype=torch.bool)
     terminated = done & terminal
-    buffer = ReplayBuffer(frames, 1, {k: (data.data[k].shape[1],) for k in obs_keys}, data.data["action"].shape[1], device)
+    buffer = ReplayBuffer(frames, 1, {k: tuple(data.data[k].shape[1:]) for k in obs_keys}, data.data["action"].shape[1], device,
+                          obs_dtypes={k: data.data[k].dtype for k in obs_keys if data.data[k].dtype == torch.uint8})
     following = torch.minimum(torch.arange(frames) + 1, torch.tensor(frames - 1))
     following = torch.where(done, torch.arange(frames), following)
     for k in obs_keys:
@@ -270,7 +323,7 @@ def from_lerobot(root: str | Path, obs_keys: tuple[str, ...] = OBS_KEYS, episode
     if "complementary_info.is_intervention" in data.data:
         buffer.intervention[:, 0] = data.data["complementary_info.is_intervention"].reshape(frames).bool().to(buffer.device)
     buffer.pos, buffer.full = 0, True
-    buffer.tasks = data.tasks  # type: ignore[attr-defined]
+    buffer.task[:, 0] = torch.tensor([buffer.task_id(name) for name in data.tasks], device=buffer.device)
     return buffer
 
 

@@ -252,6 +252,20 @@ class ARVLAPolicy(VLAStateInputs, Policy):
             extras={"tokens": tokens, "token_log_prob": token_log_prob},
         )
 
+    @torch.no_grad()
+    def sample_chunks(self, obs: dict[str, Any], samples: int) -> torch.Tensor:
+        """(N, K, T, A) K sampled chunks per observation: the prefix is embedded once and
+        repeated, the K decodings run as one batch."""
+        prefix = self.prefix(obs)
+        if samples > 1:
+            prefix = Prefix(*(x.repeat_interleave(samples, 0) for x in (prefix.embeds, prefix.attention_mask,
+                                                                         prefix.position_ids)))
+        decode = self._decode_static if self.decoder == "static" else self._decode_hf
+        index, _, _ = decode(prefix, False)
+        tokens = self.action_tokenizer.token(index)
+        action = self.bin_centres[(self.action_tokenizer.end - tokens - 1).clamp(0, self.config.n_bins - 2)]
+        return action.view(-1, samples, self.config.chunk_size, self.config.action_dim)
+
     def _prefill(self, prefix: Prefix) -> tuple[torch.Tensor, DynamicCache]:
         lm = self.backbone.language_model
         cache = DynamicCache(config=lm.config)

@@ -373,6 +373,17 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
             extras={"chain": chain},
         )
 
+    @torch.no_grad()
+    def sample_chunks(self, obs: dict[str, Any], samples: int) -> torch.Tensor:
+        """(N, K, T, A) K stochastic chunks per observation: the prefix is encoded once and its
+        keys/values repeated, the K chains run as one batch."""
+        prefix = self.encode_prefix(obs).repeated(samples)
+        n = prefix.mask.shape[0]
+        noise = torch.randn(n, self.config.chunk_size, self.config.action_dim, device=prefix.features.device)
+        chain, _ = sample_chain(partial(self.velocity_field, prefix), noise, self.config.num_steps, self.stochastic,
+                                self.config.likelihood, self.config.noise_level)
+        return chain[:, -1].clamp(-1.0, 1.0).view(-1, samples, self.config.chunk_size, self.config.action_dim)
+
     def evaluate(self, obs, actions, extras):
         elements, entropy, value = self.evaluate_elements(obs, actions, extras)
         return elements.flatten(1).sum(1), entropy, value
