@@ -48,6 +48,8 @@ def test_calql_losses_match_hand_computed_values():
     assert only_td.item() == pytest.approx(0.36) and "cql_loss" not in stats
     actor = calql.actor_loss(torch.tensor([-1.0, 0.0]), torch.tensor([[1.0, 2.0], [0.5, 3.0]]), entropy_coef=0.1)
     assert actor.item() == pytest.approx(((-0.1 - 0.5) + (0.0 - 2.0)) / 2)
+    warmup = calql.bc_actor_loss(torch.tensor([-1.0, 0.0]), torch.tensor([-2.0, -0.5]), entropy_coef=0.1)
+    assert warmup.item() == pytest.approx(((-0.1 + 2.0) + (0.0 + 0.5)) / 2)
 
 
 def test_returns_to_go_match_a_loop():

@@ -11,6 +11,8 @@ For a batch of dataset pairs (s, a) with n-step targets y = R + discount * Q'(s'
                    L_CQL = sum_e mean_s (R_e(s) - Q_e(s, a))
     total:         L = L_TD + alpha * L_CQL
     actor (SAC):   L_pi = mean alpha_ent log pi(a_pi | s) - min_e Q_e(s, a_pi)
+    actor, first `bc_updates` (CQL's policy_eval_start):
+                   L_pi = mean alpha_ent log pi(a_pi | s) - log pi(a | s)       (a: the dataset's)
 
 Rows without a known return-to-go (online data) carry V_mu = -inf: no calibration (CQL).
 """
@@ -56,3 +58,8 @@ def critic_loss(q_data: torch.Tensor, target: torch.Tensor, q_uniform: torch.Ten
 def actor_loss(log_prob: torch.Tensor, q_policy: torch.Tensor, entropy_coef: float) -> torch.Tensor:
     """SAC's actor loss: mean alpha log pi(a_pi | s) - min_e Q_e(s, a_pi); q_policy (E, B)."""
     return (entropy_coef * log_prob - q_policy.min(0).values).mean()
+
+
+def bc_actor_loss(log_prob: torch.Tensor, data_log_prob: torch.Tensor, entropy_coef: float) -> torch.Tensor:
+    """The warm-up actor loss: mean alpha log pi(a_pi | s) - log pi(a_data | s), both (B,)."""
+    return (entropy_coef * log_prob - data_log_prob).mean()

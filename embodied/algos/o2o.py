@@ -33,7 +33,8 @@ The run, top to bottom:
 
   1. offline: `offline_updates` gradient updates on the dataset alone (no env steps; the
      Trainer's iterations run `updates_per_iteration` of them each), the method's losses
-     (embodied/algos/calql.py or iql.py) on n-step batches from the dataset buffer;
+     (embodied/algos/calql.py or iql.py) on n-step batches from the dataset buffer; Cal-QL's
+     actor is behaviour-cloned for the first `bc_updates` of them while its critic learns;
   2. online, `online_mode`:
        wsrl: the dataset is dropped; `wsrl_warmup_steps` batched env steps are collected with
              the pretrained policy before any update (they seed the online buffer), then the
@@ -94,6 +95,7 @@ class O2OConfig(AlgoConfig):
     online_cql_alpha: float = 0.0  # wsrl's online conservative weight
     cql_samples: int = 4
     entropy_coef: float = 0.01  # SAC temperature of Cal-QL's actor (fixed)
+    bc_updates: int = 0  # Cal-QL: the first offline updates train the actor by behaviour cloning (CQL's policy_eval_start)
     iql_expectile: float = 0.8
     iql_beta: float = 3.0
     actor_update: Literal["native", "parl"] = "native"  # native: the method's own (SAC / AWR); parl: PA-RL
@@ -250,6 +252,9 @@ class OfflineToOnline(Algorithm):
 
         def actor() -> torch.Tensor:
             actions, log_prob = self.policy_sample(features)
+            if self.updates < cfg.bc_updates:
+                data_log_prob = self.policy.distribution(features).log_prob(batch["action"].clamp(-1, 1)).sum(-1)
+                return calql.bc_actor_loss(log_prob[:, 0], data_log_prob, cfg.entropy_coef)
             return calql.actor_loss(log_prob[:, 0], self.q_at(self.critic, features, actions)[..., 0], cfg.entropy_coef)
 
         return loss, actor, {**stats, "q": q_data.mean().detach()}
