@@ -88,7 +88,7 @@ def entry_from_run(run_dir: Path, base_dir: Path, recipe: str) -> dict[str, Any]
     }
 
 
-def run_vgps(critic_run: Path, base_dir: Path, episodes: int, num_samples: int) -> dict[str, Any]:
+def run_vgps(critic_run: Path, base_dir: Path, episodes: int, num_samples: int, temperature: float) -> dict[str, Any]:
     """The base alone and the base steered by `critic_run`'s Q (V-GPS), on the same held-out
     episodes of the critic run's env."""
     import yaml
@@ -105,10 +105,11 @@ def run_vgps(critic_run: Path, base_dir: Path, episodes: int, num_samples: int) 
     base = Policy.from_pretrained(resolve_policy_folder(base_dir))
     torch.manual_seed(0)
     start = evaluate_policy(base, env_cfg, episodes, cfg["eval"]["seed"], deterministic=True)
-    steered = ValueGuidedPolicy(base, load_run_critic(critic_run), num_samples=num_samples)
+    steered = ValueGuidedPolicy(base, load_run_critic(critic_run), num_samples=num_samples, temperature=temperature)
     t0 = time.perf_counter()
     end = evaluate_policy(steered, env_cfg, episodes, cfg["eval"]["seed"], deterministic=True)
     return {"task": env_cfg.task, "base": str(base_dir), "critic_run": str(critic_run), "num_samples": num_samples,
+            "temperature": temperature,
             "eval_seed": cfg["eval"]["seed"], "eval_episodes": episodes, "start_success": start["success_rate"],
             "end_success": end["success_rate"], "end_success_ci95": end["success_ci95"],
             "lift_points": 100 * (end["success_rate"] - start["success_rate"]), "env_steps": 0,
@@ -170,6 +171,8 @@ def main() -> None:
     parser.add_argument("--curves", nargs="*", help="plot eval curves of these finished run directories and exit")
     parser.add_argument("--vgps", metavar="CRITIC_RUN", help="V-GPS: steer the base with this run's Q and exit")
     parser.add_argument("--episodes", type=int, default=100, help="V-GPS evaluation episodes")
+    parser.add_argument("--samples", type=int, default=16, help="V-GPS proposals per decision")
+    parser.add_argument("--temperature", type=float, default=1.0, help="V-GPS proposals' spread around the base's mode")
     parser.add_argument("--from-run", nargs=2, metavar=("KEY", "RUN_DIR"),
                         help="record an entry KEY (e.g. residual_td3/PickCube) from a trained run's logged evaluations")
     args = parser.parse_args()
@@ -182,7 +185,7 @@ def main() -> None:
         return
     if args.vgps:
         torch.set_num_threads(1)
-        entry = run_vgps(Path(args.vgps), Path(args.base), args.episodes, 16)
+        entry = run_vgps(Path(args.vgps), Path(args.base), args.episodes, args.samples, args.temperature)
         merge_result(f"vgps/{entry['task']}", entry, f"uv run python -m benchmarks.residual_o2o --vgps {args.vgps}")
         print(json.dumps({k: entry[k] for k in ("start_success", "end_success", "eval_episodes")}))
         print(f"RESULT vgps_lift={entry['lift_points']:.1f}")

@@ -4,6 +4,8 @@ do not change.
 
     chunks a_1..a_K ~ base(. | s)           (K samples, (N, K, T, A); with `include_mode` the
                                             first is the base's deterministic chunk)
+    a_k <- mode + temperature (a_k - mode)  (`temperature` < 1 keeps proposals near the base's
+                                            deterministic chunk: a Gaussian's std is scaled by it)
     k* = argmax_k  min_e Q_e(features(s), a_k[first action])
     act(s) = a_{k*}
 
@@ -34,10 +36,14 @@ class ValueGuidedPolicy(Policy):
     config_class = dict
 
     def __init__(self, base: Policy, q_function: QFunction, num_samples: int = 16,
-                 features: Callable[[dict[str, Any]], torch.Tensor] | None = None, include_mode: bool = True):
+                 features: Callable[[dict[str, Any]], torch.Tensor] | None = None, include_mode: bool = True,
+                 temperature: float = 1.0):
         super().__init__(getattr(base, "config", {}))
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1; got {num_samples}.")
+        if temperature < 0:
+            raise ValueError(f"temperature scales the proposals' spread around the base's mode; got {temperature}.")
+        self.temperature = temperature
         self.base = base.eval().requires_grad_(False)
         self.q_function = q_function
         self.num_samples = num_samples
@@ -58,8 +64,11 @@ class ValueGuidedPolicy(Policy):
     def act(self, obs: dict[str, Any], deterministic: bool = False) -> PolicyOutput:
         """`deterministic` is ignored for the sampling (V-GPS needs K distinct proposals) and
         kept in the ranking: the argmax is deterministic given the samples."""
-        proposals = [self.base.act(obs, deterministic=True).action] if self.include_mode else []
-        proposals += [self.base.act(obs, deterministic=False).action for _ in range(self.num_samples - len(proposals))]
+        mode = self.base.act(obs, deterministic=True).action
+        proposals = [mode] if self.include_mode else []
+        for _ in range(self.num_samples - len(proposals)):
+            sample = self.base.act(obs, deterministic=False).action
+            proposals.append(sample if self.temperature == 1.0 else mode + self.temperature * (sample - mode))
         chunks = torch.stack(proposals, dim=1)
         best = self.scores(obs, chunks).argmax(1)
         action = chunks[torch.arange(chunks.shape[0]), best]

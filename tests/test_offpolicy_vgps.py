@@ -33,6 +33,24 @@ def test_vgps_picks_the_sample_q_ranks_highest_and_leaves_the_base_unchanged():
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())
 
 
+def test_temperature_scales_the_proposals_spread_around_the_mode():
+    env = sims.make("Reach", num_envs=64, obs_mode="state", seed=0)
+    obs = env.reset(seed=0)
+    torch.manual_seed(0)
+    base = make_policy(MLPPolicyConfig(init_log_std=0.0), obs, env.action_dim)
+    mode = base.act(obs, deterministic=True).action
+    spreads = {}
+    for temperature in (1.0, 0.25, 0.0):
+        proposals = []
+        steered = ValueGuidedPolicy(base, lambda f, a: torch.stack([a[:, 0], a[:, 0]]), num_samples=8,
+                                    include_mode=False, temperature=temperature)
+        steered.scores = lambda o, chunks: (proposals.append(chunks), chunks[..., 0, 0])[1]
+        steered.act(obs)
+        spreads[temperature] = (proposals[0] - mode[:, None]).std().item()
+    assert spreads[0.0] == 0.0, "temperature 0 proposes the mode only"
+    assert abs(spreads[0.25] / spreads[1.0] - 0.25) < 0.02
+
+
 def test_a_run_critic_reloads(tmp_path):
     env = sims.make("Reach", num_envs=2, obs_mode="state", seed=0)
     obs = env.reset(seed=0)
