@@ -375,12 +375,14 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
 
     @torch.no_grad()
     def sample_chunks(self, obs: dict[str, Any], samples: int) -> torch.Tensor:
-        """(N, K, T, A) K stochastic chunks per observation: the prefix is encoded once and its
-        keys/values repeated, the K chains run as one batch."""
+        """(N, K, T, A) K chunks per observation from the flow's own distribution: K initial
+        noises through the ODE (no Flow-SDE/Flow-Noise steps: those widen the distribution for
+        RL's log-probs, and distilling their samples drifts the flow, as PA-RL would); the
+        prefix is encoded once and its keys/values repeated, the K chains run as one batch."""
         prefix = self.encode_prefix(obs).repeated(samples)
         n = prefix.mask.shape[0]
         noise = torch.randn(n, self.config.chunk_size, self.config.action_dim, device=prefix.features.device)
-        chain, _ = sample_chain(partial(self.velocity_field, prefix), noise, self.config.num_steps, self.stochastic,
+        chain, _ = sample_chain(partial(self.velocity_field, prefix), noise, self.config.num_steps, frozenset(),
                                 self.config.likelihood, self.config.noise_level)
         return chain[:, -1].clamp(-1.0, 1.0).view(-1, samples, self.config.chunk_size, self.config.action_dim)
 
