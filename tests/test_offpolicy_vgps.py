@@ -39,14 +39,13 @@ def test_temperature_scales_the_proposals_spread_around_the_mode():
     torch.manual_seed(0)
     base = make_policy(MLPPolicyConfig(init_log_std=0.0), obs, env.action_dim)
     mode = base.act(obs, deterministic=True).action
-    spreads = {}
+    proposals: dict[float, torch.Tensor] = {}
     for temperature in (1.0, 0.25, 0.0):
-        proposals = []
         steered = ValueGuidedPolicy(base, lambda f, a: torch.stack([a[:, 0], a[:, 0]]), num_samples=8,
                                     include_mode=False, temperature=temperature)
-        steered.scores = lambda o, chunks: (proposals.append(chunks), chunks[..., 0, 0])[1]
+        steered.scores = lambda o, chunks, t=temperature: (proposals.setdefault(t, chunks), chunks[..., 0, 0])[1]
         steered.act(obs)
-        spreads[temperature] = (proposals[0] - mode[:, None]).std().item()
+    spreads = {t: (chunks - mode[:, None]).std().item() for t, chunks in proposals.items()}
     assert spreads[0.0] == 0.0, "temperature 0 proposes the mode only"
     assert abs(spreads[0.25] / spreads[1.0] - 0.25) < 0.02
 
