@@ -3,6 +3,8 @@
     uv run python -m benchmarks.residual_o2o --quick      # small budget; last line RESULT residual_lift=<points>
     uv run python -m benchmarks.residual_o2o              # the full recipe (configs/residual_pickcube_mlp.yaml)
     uv run python -m benchmarks.residual_o2o --curves runs/residual_pickcube_mlp runs/ppo_from_base_pickcube
+    uv run python -m benchmarks.residual_o2o --vgps runs/residual_o2o_quick_0 --temperature 0.2   # V-GPS; RESULT vgps_lift=<points>
+    uv run python -m benchmarks.residual_o2o --o2o runs/o2o_pickcube_calql --scratch runs/o2o_scratch   # o2o vs scratch
 
 Steps: record PickCube demos if data/PickCube is missing; train the BC base
 (configs/sft_pickcube_mlp.yaml) if its run directory is missing; evaluate the base on the
@@ -116,6 +118,34 @@ def run_vgps(critic_run: Path, base_dir: Path, episodes: int, num_samples: int, 
             "eval_wall_s": time.perf_counter() - t0, "seeds": [0]}
 
 
+def o2o_entry(run_dir: Path, scratch_dir: Path) -> dict[str, Any]:
+    """Offline-to-online against the same online algorithm from scratch, from both runs' logged
+    evaluations: the offline start is the last evaluation before the first env step (the end of
+    the offline phase), the end is each run's final one; both at the same env-step budget."""
+    import yaml
+
+    steps, success, wall = eval_curve(run_dir)
+    scratch_steps, scratch_success, scratch_wall = eval_curve(scratch_dir)
+    if steps[-1] != scratch_steps[-1]:
+        raise ValueError(f"{run_dir} ended at {steps[-1]} env steps, {scratch_dir} at {scratch_steps[-1]}: "
+                         "compare them at the same budget.")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    offline = [s for t, s in zip(steps, success, strict=True) if t == 0]
+    if not offline:
+        raise ValueError(f"{run_dir} has no evaluation before its first env step (eval.every divides the offline phase?).")
+    return {
+        "task": cfg["env"]["task"], "seed": cfg["seed"], "eval_seed": cfg["eval"]["seed"],
+        "eval_episodes": cfg["eval"]["episodes"], "method": cfg["algo"]["method"],
+        "online_mode": cfg["algo"]["online_mode"], "offline_updates": cfg["algo"]["offline_updates"],
+        "bc_updates": cfg["algo"].get("bc_updates", 0),
+        "dataset": cfg["algo"]["dataset"], "start_success": offline[-1], "end_success": success[-1],
+        "scratch_end_success": scratch_success[-1], "env_steps": steps[-1], "train_wall_s": wall[-1],
+        "scratch_train_wall_s": scratch_wall[-1], "run_dir": str(run_dir), "scratch_run_dir": str(scratch_dir),
+        "curve": {"env_steps": steps, "success": success}, "scratch_curve": {"env_steps": scratch_steps,
+                                                                             "success": scratch_success},
+    }
+
+
 def merge_result(key: str, entry: dict[str, Any], command: str) -> None:
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": "residual_o2o", "results": {}}
     data["results"][key] = {**entry, "command": command, "machine": machine_info()}
@@ -137,7 +167,7 @@ def eval_curve(run_dir: Path) -> tuple[list[int], list[float], list[float]]:
     return steps, success, wall
 
 
-def plot_curves(runs: list[Path], start_success: float | None, path: Path) -> None:
+def plot_curves(runs: list[Path], start_success: float | None, path: Path, labels: list[str] | None = None) -> None:
     """Eval success against env steps, one line per run, the base's S0 as a dashed line."""
     import matplotlib
 
@@ -145,9 +175,9 @@ def plot_curves(runs: list[Path], start_success: float | None, path: Path) -> No
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for run in runs:
+    for i, run in enumerate(runs):
         steps, success, _ = eval_curve(run)
-        label = run.name
+        label = labels[i] if labels else run.name
         ax.plot([0, *steps], [start_success if start_success is not None else float("nan"), *success], marker="o", label=label)
     if start_success is not None:
         ax.axhline(start_success, linestyle="--", color="gray", label="BC base (S0)")
@@ -173,6 +203,9 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100, help="V-GPS evaluation episodes")
     parser.add_argument("--samples", type=int, default=16, help="V-GPS proposals per decision")
     parser.add_argument("--temperature", type=float, default=1.0, help="V-GPS proposals' spread around the base's mode")
+    parser.add_argument("--o2o", nargs="+", metavar="RUN_DIR",
+                        help="record offline-to-online runs against --scratch (the same online algorithm from scratch), plot all")
+    parser.add_argument("--scratch", metavar="RUN_DIR", help="with --o2o: the from-scratch run at the same budget")
     parser.add_argument("--from-run", nargs=2, metavar=("KEY", "RUN_DIR"),
                         help="record an entry KEY (e.g. residual_td3/PickCube) from a trained run's logged evaluations")
     args = parser.parse_args()
@@ -180,15 +213,38 @@ def main() -> None:
         base_eval = Path(args.base) / "eval.json"
         s0 = json.loads(base_eval.read_text())["success_rate"] if base_eval.is_file() else None
         path = RESULTS_DIR / "residual_vs_ppo_pickcube.png"
-        plot_curves([Path(r) for r in args.curves], s0, path)
+        plot_curves([Path(r) for r in args.curves], s0, path, ["residual TD3 on the BC base", "PPO from the BC base"]
+                    if len(args.curves) == 2 else None)
         print(f"wrote {path}")
         return
     if args.vgps:
         torch.set_num_threads(1)
         entry = run_vgps(Path(args.vgps), Path(args.base), args.episodes, args.samples, args.temperature)
-        merge_result(f"vgps/{entry['task']}", entry, f"uv run python -m benchmarks.residual_o2o --vgps {args.vgps}")
+        command = (f"uv run python -m benchmarks.residual_o2o --vgps {args.vgps} --samples {args.samples} "
+                   f"--temperature {args.temperature}")
+        merge_result(f"vgps/{entry['task']}/{Path(args.vgps).name}/K{args.samples}-T{args.temperature}", entry, command)
         print(json.dumps({k: entry[k] for k in ("start_success", "end_success", "eval_episodes")}))
         print(f"RESULT vgps_lift={entry['lift_points']:.1f}")
+        return
+    if args.o2o:
+        if not args.scratch:
+            parser.error("--o2o needs --scratch RUN_DIR (the same online algorithm from scratch).")
+        runs, scratch = [Path(r) for r in args.o2o], Path(args.scratch)
+        labels = []
+        for run in runs:
+            entry = o2o_entry(run, scratch)
+            key = (f"o2o_{entry['method']}_{entry['online_mode']}/{entry['task']}/"
+                   f"bc{entry['bc_updates']}-of-{entry['offline_updates']}/seed{entry['seed']}")
+            merge_result(key, entry, f"uv run embodied train configs/o2o_{entry['task'].lower()}_{entry['method']}.yaml "
+                                     f"seed={entry['seed']} algo.bc_updates={entry['bc_updates']} (run {run})")
+            actor = ("BC actor" if entry["bc_updates"] >= entry["offline_updates"]
+                     else f"BC then {entry['method']} actor")
+            labels.append(f"{entry['method']} offline ({actor}), then {entry['online_mode']}, seed {entry['seed']}")
+            print(key, json.dumps({k: entry[k] for k in ("start_success", "end_success", "scratch_end_success",
+                                                         "env_steps")}))
+        path = RESULTS_DIR / f"o2o_vs_scratch_{entry['task'].lower()}.png"
+        plot_curves([*runs, scratch], None, path, [*labels, f"{entry['online_mode']} from scratch, seed {entry['seed']}"])
+        print(f"wrote {path}")
         return
     if args.from_run:
         key, run = args.from_run

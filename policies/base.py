@@ -152,6 +152,26 @@ class Policy(nn.Module, abc.ABC):
         action = self.act(repeated).action
         return action.view(-1, samples, *action.shape[1:])
 
+    @torch.no_grad()
+    def propose_chunks(self, obs: dict[str, Any], samples: int, temperature: float = 1.0,
+                       include_mode: bool = True) -> torch.Tensor:
+        """(N, K, T, A) K candidate chunks per observation for a critic to choose from (V-GPS,
+        PA-RL): with `include_mode` the first is the deterministic chunk, and every sample is
+        pulled towards it, `mode + temperature (sample - mode)` (a Gaussian's std scaled by
+        `temperature`; 0 proposes the mode only). A policy's random samples can be much worse
+        than its deterministic chunk, which is what it is evaluated on."""
+        if temperature < 0:
+            raise ValueError(f"temperature scales the proposals' spread around the mode; got {temperature}.")
+        drawn = samples - int(include_mode)
+        chunks = self.sample_chunks(obs, drawn) if drawn > 0 else None
+        if not include_mode and temperature == 1.0:
+            return chunks
+        mode = self.act(obs, deterministic=True).action[:, None]
+        if chunks is None:
+            return mode
+        chunks = mode + temperature * (chunks - mode)
+        return torch.cat([mode, chunks], dim=1) if include_mode else chunks
+
     def add_adapters(self, **fields: Any) -> None:
         """Add the adapters `adapter_fields` ask for (a VLA's LoRA)."""
         if any(fields.values()):

@@ -64,12 +64,7 @@ class ValueGuidedPolicy(Policy):
     def act(self, obs: dict[str, Any], deterministic: bool = False) -> PolicyOutput:
         """`deterministic` is ignored for the sampling (V-GPS needs K distinct proposals) and
         kept in the ranking: the argmax is deterministic given the samples."""
-        mode = self.base.act(obs, deterministic=True).action
-        proposals = [mode] if self.include_mode else []
-        for _ in range(self.num_samples - len(proposals)):
-            sample = self.base.act(obs, deterministic=False).action
-            proposals.append(sample if self.temperature == 1.0 else mode + self.temperature * (sample - mode))
-        chunks = torch.stack(proposals, dim=1)
+        chunks = self.base.propose_chunks(obs, self.num_samples, self.temperature, self.include_mode)
         best = self.scores(obs, chunks).argmax(1)
         action = chunks[torch.arange(chunks.shape[0]), best]
         return PolicyOutput(action=action, log_prob=torch.zeros(action.shape[0], device=action.device),

@@ -124,3 +124,45 @@ def test_offline_then_online_runs_through_the_trainer(tmp_path, mixed_reach, met
     assert len(algo.buffer) == 320
     lines = (tmp_path / method / "metrics.jsonl").read_text().splitlines()
     assert sum('"train/offline": 1.0' in line for line in lines) == 2  # the offline iterations log as such
+
+
+def test_warm_up_phases_and_reward_scale(tmp_path, mixed_reach):
+    """critic_warmup_updates leave the policy untouched; bc_updates clone the dataset's actions
+    (the actor's likelihood of them rises); reward_scale multiplies every reward a batch carries."""
+    def algo_with(*overrides):
+        cfg = load_config(TrainConfig, None, [
+            f"run_dir={tmp_path}", "torch_threads=1", "env.task=Reach", "env.num_envs=2", "env.obs_mode=state",
+            "policy.kind=mlp", "policy.hidden_sizes=[32, 32]", "algo.name=o2o", f"algo.dataset={mixed_reach}",
+            "algo.offline_updates=100", "algo.updates_per_iteration=20", "algo.batch_size=64",
+            "algo.critic_hidden_sizes=[32, 32]", "algo.cql_samples=2", *overrides])
+        return Trainer(cfg).algo
+
+    algo = algo_with("algo.critic_warmup_updates=20")
+    policy_before = {k: v.clone() for k, v in algo.policy.state_dict().items()}
+    critic_before = {k: v.clone() for k, v in algo.critic.state_dict().items()}
+    algo.update({}, 0)
+    assert algo.updates == 20
+    assert all(torch.equal(v, algo.policy.state_dict()[k]) for k, v in policy_before.items())
+    assert not all(torch.equal(v, algo.critic.state_dict()[k]) for k, v in critic_before.items())
+
+    algo = algo_with("algo.bc_updates=100", "algo.lr=1e-3")
+    torch.manual_seed(0)
+    batch = algo.offline.sample(256, 1, 0.97, torch.Generator().manual_seed(1))
+
+    def data_log_likelihood() -> float:
+        with torch.no_grad():
+            features = algo.policy.features(batch["obs"])
+            return algo.policy.distribution(features).log_prob(batch["action"].clamp(-1, 1)).sum(-1).mean().item()
+
+    before = data_log_likelihood()
+    for iteration in range(3):
+        algo.update({}, iteration)
+    assert data_log_likelihood() > before + 1.0
+
+    plain, scaled = algo_with(), algo_with("algo.reward_scale=10")
+    plain.generator.manual_seed(2)
+    scaled.generator.manual_seed(2)
+    a, b = plain.sample(), scaled.sample()
+    assert a["n_step_reward"].sum() > 0
+    assert torch.allclose(b["n_step_reward"], 10 * a["n_step_reward"])
+    assert torch.allclose(b["return_to_go"], 10 * a["return_to_go"])

@@ -61,6 +61,8 @@ import torch
 from embodied.algos import calql, iql, parl
 from embodied.algos.base import AlgoConfig, Algorithm, register_algo
 from embodied.algos.offpolicy import QEnsemble, collect_steps, pair_min, polyak
+from embodied.algos.sft import random_shift
+from embodied.data.dataset import DemoDataset, check_features
 from embodied.data.replay import ReplayBuffer, from_lerobot, returns_to_go, sample_mixed
 from embodied.runner.rollout import select_obs
 from policies.base import Policy
@@ -75,6 +77,8 @@ class O2OConfig(AlgoConfig):
     method: Literal["calql", "iql"] = "calql"
     dataset: str = ""  # a local LeRobotDataset with next.reward / next.done
     dataset_reward: Literal["dataset", "success"] = "success"  # success: sparse 0/1 from next.success
+    reward_scale: float = 1.0  # rewards (offline and online) are multiplied by it: the conservative term's
+    #   weight is relative to the reward's scale (Cal-QL scales 0/1 rewards by 10)
     online_mode: Literal["wsrl", "rlpd"] = "wsrl"
     lr: float = 3e-4  # actor (and IQL's value head)
     critic_lr: float = 3e-4
@@ -95,6 +99,7 @@ class O2OConfig(AlgoConfig):
     online_cql_alpha: float = 0.0  # wsrl's online conservative weight
     cql_samples: int = 4
     entropy_coef: float = 0.01  # SAC temperature of Cal-QL's actor (fixed)
+    critic_warmup_updates: int = 0  # the first updates train the critic only (the policy is not updated)
     bc_updates: int = 0  # Cal-QL: the first offline updates train the actor by behaviour cloning (CQL's policy_eval_start)
     iql_expectile: float = 0.8
     iql_beta: float = 3.0
@@ -103,6 +108,11 @@ class O2OConfig(AlgoConfig):
     parl_keep: int = 4
     parl_steps: int = 5
     parl_step_size: float = 0.03
+    parl_temperature: float = 1.0  # a policy without a density (VLAs): proposals mode + temperature (sample - mode)
+    parl_include_mode: bool = False  # ... and the deterministic chunk among them (Policy.propose_chunks)
+    distil_anchor_dataset: str = ""  # PA-RL: a demo dataset (the SFT one) whose supervised loss is added to the
+    distil_anchor_weight: float = 1.0  #   distillation's, weighted (self-distillation alone drifts a tiny flow VLA)
+    distil_shift_pixels: int = 4  # PA-RL: the random-shift image augmentation SFT trains with (0: none)
     max_grad_norm: float = 10.0
 
 
@@ -128,11 +138,20 @@ class OfflineToOnline(Algorithm):
                 raise ValueError(f"PA-RL distils into the policy with its supervised loss; {kind} has none.")
         if not cfg.dataset:
             raise ValueError("algo.dataset must name a LeRobot dataset with rewards (embodied record writes one).")
+        if cfg.reward_scale <= 0:
+            raise ValueError(f"algo.reward_scale multiplies the rewards and must be > 0; got {cfg.reward_scale}.")
         spec = policy.feature_spec()
         self.chunk = spec.chunk_size
         self.n_step = self.chunk if self.chunk > 1 else cfg.n_step
         self.critic_keys = tuple(spec.vectors) if self.gaussian else CRITIC_STATE
         self.obs_keys = tuple(dict.fromkeys([*spec.images, *spec.vectors, *self.critic_keys]))
+        self.image_keys = tuple(spec.images)
+        self.anchor: DemoDataset | None = None
+        if cfg.distil_anchor_dataset:
+            if cfg.actor_update != "parl":
+                raise ValueError("algo.distil_anchor_dataset anchors PA-RL's distillation; set algo.actor_update=parl.")
+            self.anchor = DemoDataset(cfg.distil_anchor_dataset, keys=[*spec.images, *spec.vectors, "action"])
+            check_features(self.anchor.features, spec, source=f"dataset {cfg.distil_anchor_dataset}")
         self.offline = from_lerobot(cfg.dataset, self.obs_keys, reward=cfg.dataset_reward)
         self.offline.return_to_go = returns_to_go(self.offline, cfg.gamma)
         stats = {k: (self.offline.obs[k][:, 0].mean(0), self.offline.obs[k][:, 0].std(0).clamp(min=1e-3))
@@ -184,10 +203,15 @@ class OfflineToOnline(Algorithm):
         T actions (`action_chunk`, (B, T, A))."""
         cfg = self.cfg
         if self.offline_phase:
-            return self.offline.sample(cfg.batch_size, self.n_step, cfg.gamma, self.generator, chunk=self.chunk)
-        fraction = cfg.offline_fraction if cfg.online_mode == "rlpd" else 0.0
-        return sample_mixed(self.buffer, self.offline, cfg.batch_size, fraction, self.n_step, cfg.gamma, self.generator,
-                            chunk=self.chunk)
+            batch = self.offline.sample(cfg.batch_size, self.n_step, cfg.gamma, self.generator, chunk=self.chunk)
+        else:
+            fraction = cfg.offline_fraction if cfg.online_mode == "rlpd" else 0.0
+            batch = sample_mixed(self.buffer, self.offline, cfg.batch_size, fraction, self.n_step, cfg.gamma,
+                                 self.generator, chunk=self.chunk)
+        if cfg.reward_scale != 1.0:
+            for key in ("reward", "n_step_reward", "return_to_go"):
+                batch[key] = batch[key] * cfg.reward_scale
+        return batch
 
     # ------------------------------------------------------------------ losses
     def critic_features(self, obs: dict[str, Any]) -> torch.Tensor:
@@ -285,13 +309,21 @@ class OfflineToOnline(Algorithm):
         def loss() -> torch.Tensor:
             features = self.critic_features(batch["obs"]).detach()
             candidates = batch.get("policy_samples")
-            if candidates is None:
+            if not self.gaussian and (cfg.parl_include_mode or cfg.parl_temperature != 1.0):
+                candidates = self.policy.propose_chunks(batch["obs"], cfg.parl_samples, cfg.parl_temperature,
+                                                        cfg.parl_include_mode).flatten(2)
+            elif candidates is None:
                 candidates, _ = self.policy_actions(batch["obs"], features, cfg.parl_samples)
             candidates = candidates[:, : cfg.parl_samples]
             chosen, improve_stats = parl.improve_actions(self.critic, features, candidates, cfg.parl_keep, cfg.parl_steps,
                                                          cfg.parl_step_size)
             stats.update(improve_stats)
-            distil, _ = self.policy.supervised_loss(batch["obs"], chosen.view(chosen.shape[0], self.chunk, -1))
+            distil, _ = self.policy.supervised_loss(self.augment(batch["obs"]), chosen.view(chosen.shape[0], self.chunk, -1))
+            if self.anchor is not None:
+                anchor_obs, anchor_actions, _ = self.anchor.sample(cfg.batch_size, self.chunk, self.generator)
+                anchor, _ = self.policy.supervised_loss(self.augment(anchor_obs), anchor_actions)
+                stats["anchor_loss"] = anchor.detach()
+                distil = distil + cfg.distil_anchor_weight * anchor
             if cfg.method == "iql":
                 with torch.no_grad():
                     target_q = self.target_critic(features, self.data_action(batch)).min(0).values
@@ -299,6 +331,12 @@ class OfflineToOnline(Algorithm):
             return distil
 
         return loss
+
+    def augment(self, obs: dict[str, Any]) -> dict[str, Any]:
+        """SFT's random-shift augmentation of the image keys (`distil_shift_pixels`)."""
+        if not (self.cfg.distil_shift_pixels and self.image_keys):
+            return obs
+        return {**obs, **{k: random_shift(obs[k], self.cfg.distil_shift_pixels, self.generator) for k in self.image_keys}}
 
     # ------------------------------------------------------------------ update
     def update(self, batch: dict[str, Any], iteration: int) -> dict[str, float]:
@@ -323,17 +361,19 @@ class OfflineToOnline(Algorithm):
             critic.backward()
             torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
             self.critic_optimizer.step()
-            self.critic.requires_grad_(False)
-            actor = actor_loss()
-            self.check_finite(actor, {"actor_loss": actor.detach()}, iteration)
-            self.optimizer.zero_grad(set_to_none=True)
-            actor.backward()
-            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-            self.optimizer.step()
-            self.critic.requires_grad_(True)
+            if self.updates >= cfg.critic_warmup_updates:
+                self.critic.requires_grad_(False)
+                actor = actor_loss()
+                self.check_finite(actor, {"actor_loss": actor.detach()}, iteration)
+                self.optimizer.zero_grad(set_to_none=True)
+                actor.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.critic.requires_grad_(True)
+                stats["actor_loss"] = actor.detach()
             polyak(self.target_critic, self.critic, cfg.tau)
             self.updates += 1
-            for key, value in {**stats, "actor_loss": actor.detach()}.items():
+            for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
         metrics = {k: v / max(count, 1) for k, v in totals.items()}
         return {**metrics, "updates": float(self.updates), "offline": float(self.offline_phase)}
