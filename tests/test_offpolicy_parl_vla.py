@@ -167,3 +167,16 @@ def test_a_vla_with_the_native_actor_update_is_refused(tmp_path, mixed_reach_ima
         Trainer(cfg)
     with pytest.raises(ValueError, match="algo.method=calql"):
         Trainer(dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, method="iql", actor_update="parl")))
+
+
+def test_the_distillation_anchor_and_the_proposals_around_the_mode(tmp_path, mixed_reach_images):
+    """An anchor dataset adds its supervised loss to PA-RL's (logged as anchor_loss); with
+    parl_include_mode and temperature 0 every proposal is the policy's deterministic chunk."""
+    cfg = parl_config(mixed_reach_images, tmp_path / "run")
+    cfg = dataclasses.replace(cfg, algo=dataclasses.replace(
+        cfg.algo, distil_anchor_dataset=str(mixed_reach_images), parl_include_mode=True, parl_temperature=0.0))
+    trainer = Trainer(cfg)
+    proposals = trainer.policy.propose_chunks(trainer.obs, 4, temperature=0.0, include_mode=True)
+    assert proposals.shape[1] == 4 and torch.allclose(proposals, proposals[:, :1].expand_as(proposals))
+    stats = trainer.algo.update({}, 0)
+    assert stats["anchor_loss"] > 0 and "q_improved" in stats
