@@ -2,7 +2,7 @@
 
     uv run python -m benchmarks.residual_o2o --quick      # small budget; last line RESULT residual_lift=<points>
     uv run python -m benchmarks.residual_o2o              # the full recipe (configs/residual_pickcube_mlp.yaml)
-    uv run python -m benchmarks.residual_o2o --curves runs/residual_pickcube_mlp runs/ppo_from_base_pickcube
+    uv run python -m benchmarks.residual_o2o --curves runs/residual_o2o_0 runs/ppo_from_base_pickcube
     uv run python -m benchmarks.residual_o2o --vgps runs/residual_o2o_quick_0 --temperature 0.2   # V-GPS; RESULT vgps_lift=<points>
     uv run python -m benchmarks.residual_o2o --o2o runs/o2o_pickcube_calql --scratch runs/o2o_scratch   # o2o vs scratch
 
