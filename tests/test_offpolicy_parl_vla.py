@@ -167,6 +167,8 @@ def test_a_vla_with_the_native_actor_update_is_refused(tmp_path, mixed_reach_ima
         Trainer(cfg)
     with pytest.raises(ValueError, match="algo.method=calql"):
         Trainer(dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, method="iql", actor_update="parl")))
+    with pytest.raises(ValueError, match="bc_updates=0"):
+        Trainer(dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, actor_update="parl", bc_updates=10)))
 
 
 def test_the_distillation_anchor_and_the_proposals_around_the_mode(tmp_path, mixed_reach_images):

@@ -100,7 +100,7 @@ class O2OConfig(AlgoConfig):
     cql_samples: int = 4
     entropy_coef: float = 0.01  # SAC temperature of Cal-QL's actor (fixed)
     critic_warmup_updates: int = 0  # the first updates train the critic only (the policy is not updated)
-    bc_updates: int = 0  # Cal-QL: the first offline updates train the actor by behaviour cloning (CQL's policy_eval_start)
+    bc_updates: int = 0  # Gaussian actor: the first offline updates behaviour-clone it (CQL's policy_eval_start), then SAC or PA-RL
     iql_expectile: float = 0.8
     iql_beta: float = 3.0
     actor_update: Literal["native", "parl"] = "native"  # native: the method's own (SAC / AWR); parl: PA-RL
@@ -136,6 +136,9 @@ class OfflineToOnline(Algorithm):
                                  "the Gaussian policy's value head.")
             if type(policy).supervised_loss is Policy.supervised_loss:
                 raise ValueError(f"PA-RL distils into the policy with its supervised loss; {kind} has none.")
+            if cfg.bc_updates:
+                raise ValueError(f"algo.bc_updates behaviour-clones a Gaussian actor by likelihood; a {kind} policy "
+                                 "starts from its own SFT (init_from). Set algo.bc_updates=0.")
         if not cfg.dataset:
             raise ValueError("algo.dataset must name a LeRobot dataset with rewards (embodied record writes one).")
         if cfg.reward_scale <= 0:
@@ -354,7 +357,7 @@ class OfflineToOnline(Algorithm):
         for _ in range(count):
             sample = self.sample()
             critic, actor_loss, stats = losses(sample)
-            if cfg.actor_update == "parl":
+            if cfg.actor_update == "parl" and self.updates >= cfg.bc_updates:  # after the BC warm start
                 actor_loss = self.parl_actor_loss(sample, stats)
             self.check_finite(critic, stats, iteration)
             self.critic_optimizer.zero_grad(set_to_none=True)
