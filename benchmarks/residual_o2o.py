@@ -137,7 +137,7 @@ def o2o_entry(run_dir: Path, scratch_dir: Path) -> dict[str, Any]:
         "task": cfg["env"]["task"], "seed": cfg["seed"], "eval_seed": cfg["eval"]["seed"],
         "eval_episodes": cfg["eval"]["episodes"], "method": cfg["algo"]["method"],
         "online_mode": cfg["algo"]["online_mode"], "offline_updates": cfg["algo"]["offline_updates"],
-        "bc_updates": cfg["algo"].get("bc_updates", 0),
+        "bc_updates": cfg["algo"].get("bc_updates", 0), "actor_update": cfg["algo"].get("actor_update", "native"),
         "dataset": cfg["algo"]["dataset"], "start_success": offline[-1], "end_success": success[-1],
         "scratch_end_success": scratch_success[-1], "env_steps": steps[-1], "train_wall_s": wall[-1],
         "scratch_train_wall_s": scratch_wall[-1], "run_dir": str(run_dir), "scratch_run_dir": str(scratch_dir),
@@ -233,12 +233,14 @@ def main() -> None:
         labels = []
         for run in runs:
             entry = o2o_entry(run, scratch)
-            key = (f"o2o_{entry['method']}_{entry['online_mode']}/{entry['task']}/"
+            parl_tag = "_parl" if entry["actor_update"] == "parl" else ""
+            key = (f"o2o_{entry['method']}{parl_tag}_{entry['online_mode']}/{entry['task']}/"
                    f"bc{entry['bc_updates']}-of-{entry['offline_updates']}/seed{entry['seed']}")
             merge_result(key, entry, f"uv run embodied train configs/o2o_{entry['task'].lower()}_{entry['method']}.yaml "
-                                     f"seed={entry['seed']} algo.bc_updates={entry['bc_updates']} (run {run})")
-            actor = ("BC actor" if entry["bc_updates"] >= entry["offline_updates"]
-                     else f"BC then {entry['method']} actor")
+                                     f"seed={entry['seed']} algo.bc_updates={entry['bc_updates']} "
+                                     f"algo.actor_update={entry['actor_update']} (run {run})")
+            then = "PA-RL" if entry["actor_update"] == "parl" else entry["method"]
+            actor = "BC actor" if entry["bc_updates"] >= entry["offline_updates"] else f"BC then {then} actor"
             labels.append(f"{entry['method']} offline ({actor}), then {entry['online_mode']}, seed {entry['seed']}")
             print(key, json.dumps({k: entry[k] for k in ("start_success", "end_success", "scratch_end_success",
                                                          "env_steps")}))
