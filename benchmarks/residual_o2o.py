@@ -5,6 +5,7 @@
     uv run python -m benchmarks.residual_o2o --curves runs/residual_o2o_0 runs/ppo_from_base_pickcube
     uv run python -m benchmarks.residual_o2o --vgps runs/residual_o2o_quick_0 --temperature 0.2   # V-GPS; RESULT vgps_lift=<points>
     uv run python -m benchmarks.residual_o2o --o2o runs/o2o_pickcube_calql --scratch runs/o2o_scratch   # o2o vs scratch
+    uv run python -m benchmarks.residual_o2o --parl runs/o2o_parl_reach_0 --sft runs/o2o_parl_reach_sft   # PA-RL on a VLA
 
 Steps: record PickCube demos if data/PickCube is missing; train the BC base
 (configs/sft_pickcube_mlp.yaml) if its run directory is missing; evaluate the base on the
@@ -146,6 +147,41 @@ def o2o_entry(run_dir: Path, scratch_dir: Path) -> dict[str, Any]:
     }
 
 
+def parl_entry(run_dir: Path, sft_dir: Path) -> dict[str, Any]:
+    """PA-RL on an SFT VLA: its SFT start S0 (the SFT run's eval.json), the PA-RL agent (the
+    VLA's proposals optimised by the critic, how PA-RL acts) after the offline phase and at the
+    end, from the run's logged evaluations, and the distilled VLA alone at the end, evaluated here
+    on the same held-out episodes."""
+    import yaml
+
+    from embodied.config import from_dict
+    from embodied.evaluate import evaluate_policy
+    from policies.base import Policy
+    from policies.residual import resolve_policy_folder
+    from sims.core import EnvConfig
+
+    steps, success, wall = eval_curve(run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    sft = json.loads((sft_dir / "eval.json").read_text())
+    episodes, seed = cfg["eval"]["episodes"], cfg["eval"]["seed"]
+    if sft["episodes"] != episodes or sft["seed"] != seed:
+        raise ValueError(f"{sft_dir} was evaluated on other held-out episodes than {run_dir}.")
+    offline = [s for t, s in zip(steps, success, strict=True) if t == 0]
+    policy = Policy.from_pretrained(resolve_policy_folder(run_dir))
+    alone = evaluate_policy(policy, from_dict(EnvConfig, cfg["env"]), episodes, seed, cfg["eval"]["deterministic"])
+    algo = cfg["algo"]
+    return {
+        "task": cfg["env"]["task"], "policy": cfg["policy"]["kind"], "seed": cfg["seed"], "eval_seed": seed,
+        "eval_episodes": episodes, "sft_run_dir": str(sft_dir), "dataset": algo["dataset"],
+        "online_mode": algo["online_mode"], "offline_updates": algo["offline_updates"],
+        "critic_warmup_updates": algo["critic_warmup_updates"], "parl_act": algo["parl_act"],
+        "start_success": sft["success_rate"], "offline_success": offline[-1] if offline else None,
+        "end_success": success[-1], "policy_alone_end_success": alone["success_rate"],
+        "lift_points": 100 * (success[-1] - sft["success_rate"]), "env_steps": steps[-1], "train_wall_s": wall[-1],
+        "run_dir": str(run_dir), "curve": {"env_steps": steps, "success": success},
+    }
+
+
 def merge_result(key: str, entry: dict[str, Any], command: str) -> None:
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": "residual_o2o", "results": {}}
     data["results"][key] = {**entry, "command": command, "machine": machine_info()}
@@ -167,7 +203,8 @@ def eval_curve(run_dir: Path) -> tuple[list[int], list[float], list[float]]:
     return steps, success, wall
 
 
-def plot_curves(runs: list[Path], start_success: float | None, path: Path, labels: list[str] | None = None) -> None:
+def plot_curves(runs: list[Path], start_success: float | None, path: Path, labels: list[str] | None = None,
+                start_label: str = "BC base (S0)", legend_loc: str = "best") -> None:
     """Eval success against env steps, one line per run, the base's S0 as a dashed line."""
     import matplotlib
 
@@ -180,12 +217,12 @@ def plot_curves(runs: list[Path], start_success: float | None, path: Path, label
         label = labels[i] if labels else run.name
         ax.plot([0, *steps], [start_success if start_success is not None else float("nan"), *success], marker="o", label=label)
     if start_success is not None:
-        ax.axhline(start_success, linestyle="--", color="gray", label="BC base (S0)")
+        ax.axhline(start_success, linestyle="--", color="gray", label=start_label)
     ax.set_xlabel("env steps")
     ax.set_ylabel("held-out success (100 episodes)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc=legend_loc)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -206,6 +243,10 @@ def main() -> None:
     parser.add_argument("--o2o", nargs="+", metavar="RUN_DIR",
                         help="record offline-to-online runs against --scratch (the same online algorithm from scratch), plot all")
     parser.add_argument("--scratch", metavar="RUN_DIR", help="with --o2o: the from-scratch run at the same budget")
+    parser.add_argument("--parl", nargs="+", metavar="RUN_DIR",
+                        help="record PA-RL runs on an SFT VLA (algo o2o, actor_update parl) against --sft, plot all")
+    parser.add_argument("--sft", metavar="RUN_DIR", help="with --parl: the SFT run the PA-RL runs started from (S0)")
+    parser.add_argument("--control", metavar="RUN_DIR", help="with --parl: a run to plot beside them (not recorded)")
     parser.add_argument("--from-run", nargs=2, metavar=("KEY", "RUN_DIR"),
                         help="record an entry KEY (e.g. residual_td3/PickCube) from a trained run's logged evaluations")
     args = parser.parse_args()
@@ -246,6 +287,31 @@ def main() -> None:
                                                          "env_steps")}))
         path = RESULTS_DIR / f"o2o_vs_scratch_{entry['task'].lower()}.png"
         plot_curves([*runs, scratch], None, path, [*labels, f"{entry['online_mode']} from scratch, seed {entry['seed']}"])
+        print(f"wrote {path}")
+        return
+    if args.parl:
+        if not args.sft:
+            parser.error("--parl needs --sft RUN_DIR (the SFT run the PA-RL runs started from).")
+        torch.set_num_threads(1)
+        runs, labels = [Path(r) for r in args.parl], []
+        for run in runs:
+            entry = parl_entry(run, Path(args.sft))
+            key = f"parl_{entry['policy']}_{entry['online_mode']}/{entry['task']}/seed{entry['seed']}"
+            merge_result(key, entry, f"uv run embodied train configs/o2o_parl_{entry['task'].lower()}_{entry['policy']}.yaml "
+                                     f"seed={entry['seed']} (run {run})")
+            labels.append(f"PA-RL agent (VLA + critic), seed {entry['seed']}")
+            print(key, json.dumps({k: entry[k] for k in ("start_success", "offline_success", "end_success",
+                                                         "policy_alone_end_success", "env_steps", "train_wall_s")}))
+        if args.control:
+            import yaml
+
+            control = yaml.safe_load((Path(args.control) / "config.yaml").read_text())
+            runs.append(Path(args.control))
+            frozen = control["algo"]["critic_warmup_updates"] >= 10**6
+            labels.append(f"control: {'the same with the VLA frozen (critic only)' if frozen else Path(args.control).name}, "
+                          f"seed {control['seed']}")
+        path = RESULTS_DIR / f"parl_{entry['policy']}_{entry['task'].lower()}.png"
+        plot_curves(runs, entry["start_success"], path, labels, start_label="SFT start (S0)", legend_loc="lower right")
         print(f"wrote {path}")
         return
     if args.from_run:

@@ -12,7 +12,15 @@ do not change.
 Q is any callable `(features (B, F), action (B, A)) -> (E, B)`: the critic of a residual or
 offline-to-online run (`load_run_critic` reads one from a run's latest checkpoint). Features
 are the base's own (`base.features`) when it has them, which is what those critics were
-trained on. Chunks are scored by their first action (the critics score single actions).
+trained on. Chunks are scored by their first action (the critics score single actions), or,
+with `chunk_q`, whole (a chunk-level Q reads the flattened chunk, as offline-to-online's
+critic for a chunked policy does).
+
+With a chunk-level Q, `keep` and `refine_steps` add PA-RL's local optimization
+(embodied/algos/parl.py `improve_actions`): the `keep` best proposals take `refine_steps`
+steps of gradient ascent on Q and the best result is executed. That is how PA-RL's agent acts,
+online and in evaluation (Mark et al.'s code samples the base, ranks, refines, then takes the
+argmax): the policy it distils into is its proposal distribution, not the whole agent.
 """
 
 from __future__ import annotations
@@ -37,14 +45,21 @@ class ValueGuidedPolicy(Policy):
 
     def __init__(self, base: Policy, q_function: QFunction, num_samples: int = 16,
                  features: Callable[[dict[str, Any]], torch.Tensor] | None = None, include_mode: bool = True,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, chunk_q: bool = False, keep: int | None = None, refine_steps: int = 0,
+                 step_size: float = 0.03, freeze_base: bool = True):
         super().__init__(getattr(base, "config", {}))
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1; got {num_samples}.")
         if temperature < 0:
             raise ValueError(f"temperature scales the proposals' spread around the base's mode; got {temperature}.")
+        if refine_steps and not chunk_q:
+            raise ValueError("refine_steps ascends a chunk-level Q (chunk_q=True); a first-action Q cannot refine a chunk.")
         self.temperature = temperature
-        self.base = base.eval().requires_grad_(False)
+        self.chunk_q = chunk_q
+        self.keep = keep or num_samples  # proposals that are refined (PA-RL's global then local optimization)
+        self.refine_steps = refine_steps
+        self.step_size = step_size
+        self.base = base.eval().requires_grad_(False) if freeze_base else base  # not frozen: an agent that trains it
         self.q_function = q_function
         self.num_samples = num_samples
         self.include_mode = include_mode  # the base's deterministic chunk is one of the K proposals
@@ -54,10 +69,12 @@ class ValueGuidedPolicy(Policy):
 
     @torch.no_grad()
     def scores(self, obs: dict[str, Any], chunks: torch.Tensor) -> torch.Tensor:
-        """(N, K) pessimistic Q (min over the ensemble) of chunks (N, K, T, A) by their first action."""
+        """(N, K) pessimistic Q (min over the ensemble) of chunks (N, K, T, A), by their first
+        action or (`chunk_q`) whole."""
         n, k = chunks.shape[:2]
         features = self.features_fn(obs)
-        q = self.q_function(features.repeat_interleave(k, 0), chunks[:, :, 0].reshape(n * k, -1).clamp(-1, 1))
+        actions = chunks.flatten(2) if self.chunk_q else chunks[:, :, 0]
+        q = self.q_function(features.repeat_interleave(k, 0), actions.reshape(n * k, -1).clamp(-1, 1))
         return q.min(0).values.view(n, k)
 
     @torch.no_grad()
@@ -65,6 +82,14 @@ class ValueGuidedPolicy(Policy):
         """`deterministic` is ignored for the sampling (V-GPS needs K distinct proposals) and
         kept in the ranking: the argmax is deterministic given the samples."""
         chunks = self.base.propose_chunks(obs, self.num_samples, self.temperature, self.include_mode)
+        if self.chunk_q and (self.refine_steps or self.keep < self.num_samples):
+            from embodied.algos.parl import improve_actions
+
+            n, _, t, a = chunks.shape
+            chosen, _ = improve_actions(self.q_function, self.features_fn(obs), chunks.flatten(2).clamp(-1, 1),
+                                        self.keep, self.refine_steps, self.step_size)
+            action = chosen.view(n, t, a)
+            return PolicyOutput(action=action, log_prob=torch.zeros(n, device=action.device), extras={})
         best = self.scores(obs, chunks).argmax(1)
         action = chunks[torch.arange(chunks.shape[0]), best]
         return PolicyOutput(action=action, log_prob=torch.zeros(action.shape[0], device=action.device),

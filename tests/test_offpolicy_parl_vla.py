@@ -182,3 +182,33 @@ def test_the_distillation_anchor_and_the_proposals_around_the_mode(tmp_path, mix
     assert proposals.shape[1] == 4 and torch.allclose(proposals, proposals[:, :1].expand_as(proposals))
     stats = trainer.algo.update({}, 0)
     assert stats["anchor_loss"] > 0 and "q_improved" in stats
+
+
+def test_parl_act_makes_the_agent_act_through_its_critic(tmp_path, mixed_reach_images):
+    """With algo.parl_act the agent (collection and evaluation) executes the best refined of
+    the policy's proposals by the chunk-level Q, the way PA-RL acts; the policy it wraps keeps
+    training."""
+    cfg = parl_config(mixed_reach_images, tmp_path / "run")
+    cfg = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, parl_act=True, parl_step_size=0.1))
+    trainer = Trainer(cfg)
+    algo, agent = trainer.algo, trainer.algo.acting_policy
+    assert agent is not trainer.policy and agent.base is trainer.policy
+    assert all(p.requires_grad for p in trainer.policy.parameters()), "the wrapped policy is not frozen"
+    obs = trainer.obs
+    torch.manual_seed(3)
+    acted = agent.act(obs).action
+    torch.manual_seed(3)
+    proposals = trainer.policy.propose_chunks(obs, 4, 1.0, False).flatten(2).clamp(-1, 1)
+    features = algo.critic_features(obs)
+    expected, _ = parl.improve_actions(algo.critic, features, proposals, keep=2, steps=2, step_size=0.1)
+    assert torch.allclose(acted.flatten(1), expected, atol=1e-6)
+    with torch.no_grad():
+        q_acted = algo.critic(features, acted.flatten(1)).min(0).values
+        q_proposals = parl.pessimistic_q(algo.critic, features, proposals)
+    assert (q_acted >= q_proposals.max(1).values - 1e-6).all(), "the agent acts no worse than its best proposal by Q"
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    result = trainer.train(stop_after=4)
+    assert algo.runner.policy is agent and 0.0 <= result.get("success_rate", 0.0) <= 1.0
+    assert any(not torch.equal(before[k], v) for k, v in trainer.policy.state_dict().items())
+    with pytest.raises(ValueError, match="actor_update=parl"):
+        Trainer(dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, actor_update="native")))

@@ -46,6 +46,12 @@ class Algorithm(abc.ABC):
         self.generator = torch.Generator().manual_seed(0)
         self.optimizer: torch.optim.Optimizer
 
+    @property
+    def acting_policy(self) -> torch.nn.Module:
+        """What acts in the env and is evaluated: the policy itself, unless the algorithm's agent
+        is more than the policy it trains (PA-RL's agent acts through its critic)."""
+        return self.policy
+
     def collect(self, env, obs, tracker) -> tuple[dict[str, Any], Any, torch.Tensor]:
         """Gather one rollout with the current policy (on-policy: `num_steps` decisions per env)."""
         from embodied.runner.rollout import collect_rollout

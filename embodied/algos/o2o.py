@@ -46,6 +46,11 @@ The run, top to bottom:
      `updates_per_step` updates per step.
 
 `method: iql` uses the policy's own value head as V(s).
+
+With `parl_act` the agent acts as PA-RL's does (online and in evaluation: `acting_policy`): the
+policy's `parl_samples` proposals, the `parl_keep` best by Q refined by `parl_steps` of gradient
+ascent, the best executed (policies/vgps.py); the policy it distils into is the proposal
+distribution, and the checkpoint holds the policy alone.
 """
 
 from __future__ import annotations
@@ -110,6 +115,8 @@ class O2OConfig(AlgoConfig):
     parl_step_size: float = 0.03
     parl_temperature: float = 1.0  # a policy without a density (VLAs): proposals mode + temperature (sample - mode)
     parl_include_mode: bool = False  # ... and the deterministic chunk among them (Policy.propose_chunks)
+    parl_act: bool = False  # PA-RL's agent acts (online and in evaluation) with the action optimization: the best of
+    #   parl_samples proposals, the parl_keep best refined by parl_steps of ascent on Q (policies/vgps.py)
     distil_anchor_dataset: str = ""  # PA-RL: a demo dataset (the SFT one) whose supervised loss is added to the
     distil_anchor_weight: float = 1.0  #   distillation's, weighted (self-distillation alone drifts a tiny flow VLA)
     distil_shift_pixels: int = 4  # PA-RL: the random-shift image augmentation SFT trains with (0: none)
@@ -169,12 +176,26 @@ class OfflineToOnline(Algorithm):
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.agent: Policy | None = None
+        if cfg.parl_act:
+            if cfg.actor_update != "parl":
+                raise ValueError("algo.parl_act makes PA-RL's action optimization act; set algo.actor_update=parl.")
+            from policies.vgps import ValueGuidedPolicy
+
+            self.agent = ValueGuidedPolicy(policy, self.critic, cfg.parl_samples, features=self.critic_features,
+                                           include_mode=cfg.parl_include_mode, temperature=cfg.parl_temperature,
+                                           chunk_q=True, keep=cfg.parl_keep, refine_steps=cfg.parl_steps,
+                                           step_size=cfg.parl_step_size, freeze_base=False)
         self.buffer: ReplayBuffer | None = None
         self.runner: ChunkRunner | None = None
         self.updates = 0
         self.env_steps = 0
         self.online_steps = 0
         self.pending_updates = 0.0
+
+    @property
+    def acting_policy(self) -> Policy:
+        return self.agent if self.agent is not None else self.policy
 
     @property
     def offline_phase(self) -> bool:
@@ -190,7 +211,7 @@ class OfflineToOnline(Algorithm):
             dtypes = {k: obs[k].dtype for k in self.obs_keys if obs[k].dtype == torch.uint8}
             self.buffer = ReplayBuffer(cfg.buffer_steps, env.num_envs, shapes, env.action_dim, env.device, dtypes)
         if self.runner is None or self.runner.num_envs != env.num_envs:
-            self.runner = ChunkRunner(self.policy, env.num_envs, self.chunk)
+            self.runner = ChunkRunner(self.acting_policy, env.num_envs, self.chunk)
 
         def choose(o: dict[str, Any]) -> torch.Tensor:
             self.online_steps += 1

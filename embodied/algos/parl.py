@@ -40,11 +40,12 @@ def improve_actions(q_function: QFunction, features: torch.Tensor, candidates: t
         kept = candidates.gather(1, top[..., None].expand(-1, -1, candidates.shape[2]))
         sampled_best = q.max(1).values
     actions = kept.clone()
-    for _ in range(steps):
-        actions.requires_grad_(True)
-        value = pessimistic_q(q_function, features, actions).sum()
-        (grad,) = torch.autograd.grad(value, actions)
-        actions = (actions.detach() + step_size * grad).clamp(-1, 1)
+    with torch.enable_grad():  # also when acting, under no_grad
+        for _ in range(steps):
+            actions.requires_grad_(True)
+            value = pessimistic_q(q_function, features, actions).sum()
+            (grad,) = torch.autograd.grad(value, actions)
+            actions = (actions.detach() + step_size * grad).clamp(-1, 1)
     with torch.no_grad():
         final = pessimistic_q(q_function, features, actions)
         best = final.argmax(1)

@@ -233,7 +233,7 @@ class Trainer:
     def evaluate(self, video: bool = False) -> dict[str, Any]:
         cfg = self.cfg
         path = self.run_dir / "videos" / f"eval_{self.iteration:06d}.mp4" if video else None
-        return evaluate_policy(self.policy, cfg.env, cfg.eval.episodes, cfg.eval.seed, cfg.eval.deterministic, video_path=path)
+        return evaluate_policy(self.algo.acting_policy, cfg.env, cfg.eval.episodes, cfg.eval.seed, cfg.eval.deterministic, video_path=path)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
