@@ -82,7 +82,7 @@ class ValueGuidedPolicy(Policy):
         """`deterministic` is ignored for the sampling (V-GPS needs K distinct proposals) and
         kept in the ranking: the argmax is deterministic given the samples."""
         chunks = self.base.propose_chunks(obs, self.num_samples, self.temperature, self.include_mode)
-        if self.chunk_q and (self.refine_steps or self.keep < self.num_samples):
+        if self.refine_steps:  # PA-RL: rank, keep the best `keep`, climb Q, take the best
             from embodied.algos.parl import improve_actions
 
             n, _, t, a = chunks.shape
