@@ -174,7 +174,7 @@ def parl_entry(run_dir: Path, sft_dir: Path) -> dict[str, Any]:
         "task": cfg["env"]["task"], "policy": cfg["policy"]["kind"], "seed": cfg["seed"], "eval_seed": seed,
         "eval_episodes": episodes, "sft_run_dir": str(sft_dir), "dataset": algo["dataset"],
         "online_mode": algo["online_mode"], "offline_updates": algo["offline_updates"],
-        "critic_warmup_updates": algo["critic_warmup_updates"], "parl_act": algo["parl_act"],
+        "critic_warmup_updates": algo["critic_warmup_updates"], "parl_act": algo.get("parl_act", False),
         "start_success": sft["success_rate"], "offline_success": offline[-1] if offline else None,
         "end_success": success[-1], "policy_alone_end_success": alone["success_rate"],
         "lift_points": 100 * (success[-1] - sft["success_rate"]), "env_steps": steps[-1], "train_wall_s": wall[-1],
@@ -307,7 +307,9 @@ def main() -> None:
 
             control = yaml.safe_load((Path(args.control) / "config.yaml").read_text())
             runs.append(Path(args.control))
-            frozen = control["algo"]["critic_warmup_updates"] >= 10**6
+            rows = [json.loads(line) for line in (Path(args.control) / "metrics.jsonl").read_text().splitlines()]
+            updates = max((row.get("train/updates", 0.0) for row in rows), default=0.0)
+            frozen = control["algo"]["critic_warmup_updates"] >= updates  # the policy never took a step
             labels.append(f"control: {'the same with the VLA frozen (critic only)' if frozen else Path(args.control).name}, "
                           f"seed {control['seed']}")
         path = RESULTS_DIR / f"parl_{entry['policy']}_{entry['task'].lower()}.png"
