@@ -41,6 +41,7 @@ def evaluate_policy(
     camera = next((k for k in obs if k.startswith("observation.images.")), None)
     was_training = policy.training
     policy.eval()
+    policy.reset()
     # The policy's own randomness (a flow VLA's initial noise even when deterministic, sampled
     # actions otherwise) comes from torch's RNG seeded here, so that one checkpoint evaluated
     # twice on the same seed gives the same numbers; the caller's RNG stream is left untouched.

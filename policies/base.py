@@ -202,6 +202,10 @@ class Policy(nn.Module, abc.ABC):
     def observe(self, obs: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Update running statistics (observation normalisation) with a rollout batch."""
 
+    def reset(self) -> None:  # noqa: B027 - optional hook
+        """Forget per-episode state (queued chunk actions) before a fresh batch of episodes
+        that start together; `act` of a stateless policy has none."""
+
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` (and `save_files`' extras) to `directory`."""
         directory = Path(directory)

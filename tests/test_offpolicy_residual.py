@@ -8,13 +8,16 @@ import torch
 
 import sims
 from embodied.algos.offpolicy import QEnsemble, pair_min
-from embodied.algos.residual import Residual, ResidualConfig
+from embodied.algos.residual import BASE_ACTION, PHASE, Residual, ResidualConfig, add_base_actions
 from embodied.config import load_config
 from embodied.data.replay import ReplayBuffer
+from embodied.evaluate import evaluate_policy
+from embodied.runner.rollout import EpisodeTracker
 from embodied.runner.trainer import TrainConfig, Trainer
 from policies import MLPPolicyConfig, make_policy
 from policies.base import Policy
 from policies.residual import ResidualPolicy, ResidualPolicyConfig
+from sims.core import EnvConfig
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +94,10 @@ def test_critic_target_is_the_n_step_return_plus_the_discounted_min_of_a_random_
     policy = make_policy(ResidualPolicyConfig(base_path=str(tmp_path / "base")), obs, env.action_dim)
     algo = Residual(policy, ResidualConfig(num_critics=4))
     algo.target_critic = ConstantEnsemble(4)
+    recorded = {BASE_ACTION: torch.zeros(4, env.action_dim), PHASE: torch.zeros(4, 1)}
     batch = {
-        "obs": {k: obs[k][:4] for k in algo.obs_keys}, "next_obs": {k: obs[k][4:8] for k in algo.obs_keys},
+        "obs": {k: obs[k][:4] for k in algo.obs_keys} | recorded,
+        "next_obs": {k: obs[k][4:8] for k in algo.obs_keys} | recorded,
         "action": torch.zeros(4, env.action_dim), "n_step_reward": torch.tensor([0.0, 1.0, 0.5, 0.0]),
         "discount": torch.tensor([0.9, 0.0, 0.81, 0.9]),
     }
@@ -153,3 +158,122 @@ def test_q_ensemble_members_are_independent():
     assert any(isinstance(m, torch.nn.LayerNorm) for m in critic.modules())
     buffer = ReplayBuffer(4, 1, {"x": (1,)}, 1)
     assert dataclasses.is_dataclass(ResidualConfig) and len(buffer) == 0
+
+
+# ------------------------------------------------------------------ a base that follows its chunks
+def test_a_residual_following_its_bases_chunks_starts_as_the_base_run_open_loop(tmp_path, reach):
+    env, obs = reach
+    base = saved_base(tmp_path, env, obs, chunk_size=4)
+    policy = make_policy(ResidualPolicyConfig(base_path=str(tmp_path / "base"), base_horizon=4), obs, env.action_dim)
+    chunk = base.act(obs, deterministic=True).action.clamp(-1, 1)
+    other = {k: v.flip(0) if isinstance(v, torch.Tensor) else v for k, v in obs.items()}
+    steps = [policy.act(o, deterministic=True).action[:, 0] for o in (obs, other, other, other)]
+    assert all(torch.equal(steps[t], chunk[:, t]) for t in range(4)), "the chunk runs open-loop, whatever is observed"
+    fresh = policy.act(other, deterministic=True).action[:, 0]
+    assert torch.equal(fresh, base.act(other, deterministic=True).action[:, 0].clamp(-1, 1)), "then a fresh chunk"
+    policy.reset()
+    assert torch.equal(policy.act(obs, deterministic=True).action[:, 0], chunk[:, 0]), "reset starts every env afresh"
+    # in the evaluator, step for step the base's own open-loop chunks
+    env_cfg = EnvConfig(task="Reach", obs_mode="state", max_episode_steps=30)
+    assert evaluate_policy(policy, env_cfg, 12, seed=5) == evaluate_policy(base, env_cfg, 12, seed=5)
+    with pytest.raises(ValueError, match="base_horizon"):
+        make_policy(ResidualPolicyConfig(base_path=str(tmp_path / "base"), base_horizon=5), obs, env.action_dim)
+
+
+def test_collection_records_the_base_action_and_its_phase_at_both_ends_of_each_transition(tmp_path):
+    env = sims.make("Reach", num_envs=3, obs_mode="state", seed=0, max_episode_steps=5)
+    obs = env.reset(seed=0)
+    base = saved_base(tmp_path, env, obs, chunk_size=4)
+    policy = make_policy(ResidualPolicyConfig(base_path=str(tmp_path / "base"), base_horizon=3), obs, env.action_dim)
+    algo = Residual(policy, ResidualConfig(steps_per_iteration=14, warmup_steps=100, warmup_noise=0.0, buffer_steps=20))
+    algo.collect(env, obs, EpisodeTracker(env.num_envs, env.device))
+    buffer = algo.buffer
+    for column in range(env.num_envs):
+        step = 0
+        for t in range(14):
+            o = {k: buffer.obs[k][t, column][None] for k in algo.obs_keys}
+            nxt = {k: buffer.next_obs[k][t, column][None] for k in algo.obs_keys}
+            assert buffer.obs[PHASE][t, column, 0] == step % 3
+            if step % 3 == 0:  # a fresh chunk of the base at this state
+                assert torch.allclose(buffer.obs[BASE_ACTION][t, column], base.act(o, deterministic=True).action[0, 0].clamp(-1, 1),
+                                      atol=1e-4)
+            assert torch.equal(buffer.action[t, column], buffer.obs[BASE_ACTION][t, column]), "warm-up without noise: the base"
+            if buffer.done[t, column]:  # the final state starts a fresh chunk of its own
+                assert buffer.next_obs[PHASE][t, column, 0] == 0
+                fresh = base.act(nxt, deterministic=True).action[0, 0].clamp(-1, 1)
+                assert torch.allclose(buffer.next_obs[BASE_ACTION][t, column], fresh, atol=1e-4)
+                step = 0
+            else:
+                if t < 13:  # the next state's is what the next transition acted on
+                    assert torch.equal(buffer.next_obs[PHASE][t, column], buffer.obs[PHASE][t + 1, column])
+                    assert torch.equal(buffer.next_obs[BASE_ACTION][t, column], buffer.obs[BASE_ACTION][t + 1, column])
+                step += 1
+    assert buffer.done[:14].any(), "episodes of 5 steps end inside the second chunk of 3"
+
+
+def test_a_dataset_gets_the_base_actions_of_chunks_followed_from_each_episodes_start(tmp_path, reach):
+    env, obs = reach
+    base = saved_base(tmp_path, env, obs, chunk_size=4)
+    policy = make_policy(ResidualPolicyConfig(base_path=str(tmp_path / "base"), base_horizon=3), obs, env.action_dim)
+    lengths, keys = (7, 2, 5), ("observation.state", "observation.environment_state")
+    buffer = ReplayBuffer(sum(lengths), 1, {k: tuple(obs[k].shape[1:]) for k in keys}, env.action_dim)
+    torch.manual_seed(1)
+    for length in lengths:
+        for i in range(length):
+            rows = {k: obs[k][:1] + torch.randn_like(obs[k][:1]) * 0.1 for k in keys}
+            end = torch.tensor([i == length - 1])
+            buffer.add(rows, torch.zeros(1, env.action_dim), torch.zeros(1), end, torch.zeros(1, dtype=torch.bool),
+                       {k: v + 1.0 for k, v in rows.items()})
+    add_base_actions(buffer, policy)
+    t = 0
+    for length in lengths:
+        for i in range(length):
+            start = t - i % 3
+            start_obs = {k: buffer.obs[k][start, 0][None] for k in keys}
+            expected = base.act(start_obs, deterministic=True).action[0, i % 3].clamp(-1, 1)
+            assert buffer.obs[PHASE][t, 0, 0] == i % 3 and torch.allclose(buffer.obs[BASE_ACTION][t, 0], expected, atol=1e-4)
+            if i == length - 1:
+                nxt = {k: buffer.next_obs[k][t, 0][None] for k in keys}
+                fresh = base.act(nxt, deterministic=True).action[0, 0].clamp(-1, 1)
+                assert buffer.next_obs[PHASE][t, 0, 0] == 0 and torch.allclose(buffer.next_obs[BASE_ACTION][t, 0], fresh, atol=1e-4)
+            else:
+                assert torch.equal(buffer.next_obs[BASE_ACTION][t, 0], buffer.obs[BASE_ACTION][t + 1, 0])
+            t += 1
+
+
+def test_uncorrected_dimensions_keep_the_bases_action_under_noise_and_training(tmp_path, reach):
+    env, obs = reach
+    base = saved_base(tmp_path, env, obs)
+    for stochastic in (False, True):
+        policy = make_policy(ResidualPolicyConfig(base_path=str(tmp_path / "base"), uncorrected_dims=(3, 4, 5),
+                                                  stochastic=stochastic, explore_std=0.3), obs, env.action_dim)
+        with torch.no_grad():
+            policy.actor[-1].weight.normal_()
+        expected = base.act(obs, deterministic=True).action[:, 0].clamp(-1, 1)
+        action = policy.act(obs).action[:, 0]
+        assert torch.equal(action[:, 3:6], expected[:, 3:6])
+        assert not torch.equal(action[:, :3], expected[:, :3])
+        state = policy.state(obs, expected, torch.zeros(len(expected)))
+        residual, log_prob = policy.residual(state, expected)
+        assert torch.isfinite(log_prob).all() and (residual[:, 3:6] == 0).all()
+    with pytest.raises(ValueError, match="uncorrected_dims"):
+        make_policy(ResidualPolicyConfig(base_path=str(tmp_path / "base"), uncorrected_dims=(7,)), obs, env.action_dim)
+
+
+def test_a_chunk_following_residual_trains_and_resumes_with_its_chunks_in_flight(tmp_path, reach):
+    env, obs = reach
+    saved_base(tmp_path, env, obs, chunk_size=4)
+    overrides = [
+        f"run_dir={tmp_path / 'run'}", "total_env_steps=400", "torch_threads=1",
+        "env.task=Reach", "env.num_envs=8", "env.obs_mode=state", "env.reward_mode=sparse",
+        "policy.kind=residual", f"policy.base_path={tmp_path / 'base'}", "policy.base_horizon=4",
+        "policy.hidden_sizes=[32, 32]", "algo.name=residual", "algo.steps_per_iteration=5", "algo.updates_per_step=2",
+        "algo.warmup_steps=10", "algo.critic_warmup_updates=10", "algo.batch_size=32", "algo.buffer_steps=100",
+        "algo.critic_hidden_sizes=[32, 32]", "eval.every=0", "eval.episodes=8", "checkpoint.every=5",
+    ]
+    trainer = Trainer(load_config(TrainConfig, None, overrides))
+    trainer.train()
+    assert policy_moved(trainer.policy) and trainer.algo.buffer.obs[PHASE].max() == 3
+    resumed = Trainer.from_run_dir(tmp_path / "run")
+    assert torch.equal(resumed.algo.runner.index, trainer.algo.runner.index)
+    assert torch.equal(resumed.algo.runner.queue, trainer.algo.runner.queue)

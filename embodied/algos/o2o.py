@@ -69,7 +69,7 @@ from embodied.algos.offpolicy import QEnsemble, collect_steps, pair_min, polyak
 from embodied.algos.sft import random_shift
 from embodied.data.dataset import DemoDataset, check_features
 from embodied.data.replay import ReplayBuffer, from_lerobot, returns_to_go, sample_mixed
-from embodied.runner.rollout import select_obs
+from embodied.runner.rollout import ChunkRunner
 from policies.base import Policy
 from policies.mlp import GaussianActorCritic
 
@@ -422,39 +422,3 @@ class OfflineToOnline(Algorithm):
             self.buffer = ReplayBuffer(self.cfg.buffer_steps, num_envs, shapes, action_dim,
                                        obs_dtypes=dtypes[0] if dtypes else None)
             self.buffer.load_state_dict(state["buffer"])
-
-
-class ChunkRunner:
-    """Executes a policy's chunks of T actions step by step in N envs: an env gets a fresh
-    chunk (one batched `act` over the envs that need one) when its last is used up or its
-    episode ended. With T = 1 it is `act` at every step."""
-
-    def __init__(self, policy: Policy, num_envs: int, chunk: int):
-        self.policy, self.num_envs, self.chunk = policy, num_envs, chunk
-        self.queue: torch.Tensor | None = None  # (N, T, A)
-        self.index = torch.full((num_envs,), chunk, dtype=torch.long)  # the next action of each env's chunk
-
-    @torch.no_grad()
-    def __call__(self, obs: dict[str, Any]) -> torch.Tensor:
-        need = (self.index >= self.chunk).nonzero()[:, 0]
-        if len(need):
-            rows = obs if len(need) == self.num_envs else select_obs(_as_arrays(obs), need)
-            chunk = self.policy.act(rows).action.clamp(-1, 1)
-            if self.queue is None:
-                self.queue = torch.zeros(self.num_envs, *chunk.shape[1:], device=chunk.device)
-            self.queue[need.to(chunk.device)] = chunk
-            self.index[need] = 0
-        action = self.queue[torch.arange(self.num_envs), self.index.to(self.queue.device)]
-        self.index += 1
-        return action
-
-    def ended(self, done: torch.Tensor) -> None:
-        """Envs whose episode ended start their next one with a fresh chunk."""
-        self.index[done.cpu()] = self.chunk
-
-
-def _as_arrays(obs: dict[str, Any]) -> dict[str, Any]:
-    """An observation batch with the instructions as an object array (what `select_obs` reads)."""
-    import numpy as np
-
-    return {k: np.array(v, dtype=object) if k == "task" else v for k, v in obs.items()}

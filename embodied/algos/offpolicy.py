@@ -81,16 +81,22 @@ def env_transition(obs: dict[str, Any], next_obs: dict[str, Any], info: dict[str
 @torch.no_grad()
 def collect_steps(env: BatchedEnv, obs: dict[str, Any], steps: int, choose: Callable[[dict[str, Any]], torch.Tensor],
                   buffer: ReplayBuffer, tracker, reward_scale: float = 1.0,
-                  on_done: Callable[[torch.Tensor], None] | None = None) -> dict[str, Any]:
+                  on_done: Callable[[torch.Tensor], None] | None = None,
+                  annotate: Callable[[dict[str, Any], torch.Tensor], tuple[dict, dict]] | None = None) -> dict[str, Any]:
     """`steps` batched env steps with actions `choose(obs) -> (N, A)`, each written to `buffer`
     (with the instructions when the observations carry `task`); `on_done(done (N,))` is told
-    which episodes ended after each step. Returns the observation after the last step."""
-    keys = tuple(buffer.obs_shapes)
+    which episodes ended after each step. `annotate(true next obs, done)` returns fields the
+    env does not observe, for the observation and the true next one (the buffer's keys that
+    are not the env's). Returns the observation after the last step."""
+    keys = tuple(k for k in buffer.obs_shapes if k in obs)
     for _ in range(steps):
         action = choose(obs)
         next_obs, reward, terminated, truncated, info = env.step(action)
         done = terminated | truncated
         current, following = env_transition(obs, next_obs, info, done, keys)
+        if annotate is not None:
+            extra_current, extra_following = annotate(following, done)
+            current, following = current | extra_current, following | extra_following
         if "task" in obs:
             current["task"] = obs["task"]
         buffer.add(current, action, reward * reward_scale, terminated, truncated, following)

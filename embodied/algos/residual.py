@@ -1,7 +1,13 @@
 """Residual off-policy RL on a frozen base policy: TD3 (or SAC by `actor: sac`).
 
 The policy is a `ResidualPolicy` (policies/residual.py): a = base(s) + scale * tanh(pi(s, base(s))),
-the actor's last layer zero so that it starts as the base. One iteration, top to bottom:
+the actor's last layer zero so that it starts as the base. Below s is the policy's state (the
+features, and the base action and chunk phase when the base follows its chunks). The base's
+action at every stored state and next state is recorded in the replay buffer
+(`residual.base_action`, `residual.phase`): it depends on where the base is in its chunk,
+which the observation does not say, and the base is not run again in the updates. The
+demo/offline dataset gets the same fields, as if the base had followed its chunks from each
+episode's first frame. One iteration, top to bottom:
 
   1. collect `steps_per_iteration` batched env steps into the replay buffer. For the first
      `warmup_steps` the actions are the base's plus Gaussian noise of `warmup_noise` (the
@@ -35,7 +41,11 @@ import torch
 from embodied.algos.base import AlgoConfig, Algorithm, register_algo
 from embodied.algos.offpolicy import QEnsemble, collect_steps, pair_min, polyak
 from embodied.data.replay import ReplayBuffer, from_lerobot, sample_mixed
+from embodied.runner.rollout import ChunkRunner
 from policies.residual import ResidualPolicy
+
+BASE_ACTION = "residual.base_action"  # replay fields: the base's action at the state (N, A)
+PHASE = "residual.phase"  # and its index in the base's chunk (N, 1)
 
 
 @dataclasses.dataclass
@@ -79,7 +89,7 @@ class Residual(Algorithm):
         if (cfg.actor == "sac") != policy.config.stochastic:
             raise ValueError(f"algo.actor {cfg.actor} needs policy.stochastic: {cfg.actor == 'sac'}.")
         action_dim = policy.config.action_dim
-        self.critic = QEnsemble(policy.feature_dim, action_dim, cfg.num_critics, tuple(cfg.critic_hidden_sizes))
+        self.critic = QEnsemble(policy.state_dim, action_dim, cfg.num_critics, tuple(cfg.critic_hidden_sizes))
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.target_actor = copy.deepcopy(policy.actor).requires_grad_(False)
         self.optimizer = torch.optim.Adam(policy.actor.parameters(), lr=cfg.lr)
@@ -90,6 +100,9 @@ class Residual(Algorithm):
         self.obs_keys = tuple(policy.feature_spec().vectors) or tuple(policy.config.obs_keys)
         self.buffer: ReplayBuffer | None = None  # built at the first collect (shapes from the env)
         self.offline = from_lerobot(cfg.demo_dataset, self.obs_keys, reward=cfg.demo_reward) if cfg.demo_dataset else None
+        if self.offline is not None:
+            add_base_actions(self.offline, policy)
+        self.runner: ChunkRunner | None = None  # follows the base's chunks in the training envs
         self.env_steps = 0  # batched steps taken
         self.updates = 0
         self.pending_updates = 0.0
@@ -97,57 +110,71 @@ class Residual(Algorithm):
     # ------------------------------------------------------------------ collection
     def collect(self, env, obs, tracker) -> tuple[dict[str, Any], Any, None]:
         cfg = self.cfg
-        if self.buffer is None:
-            shapes = {k: tuple(obs[k].shape[1:]) for k in self.obs_keys}
-            self.buffer = ReplayBuffer(cfg.buffer_steps, env.num_envs, shapes, env.action_dim, env.device)
         policy: ResidualPolicy = self.policy
+        if self.buffer is None:
+            shapes = {k: tuple(obs[k].shape[1:]) for k in self.obs_keys} | {BASE_ACTION: (env.action_dim,), PHASE: (1,)}
+            self.buffer = ReplayBuffer(cfg.buffer_steps, env.num_envs, shapes, env.action_dim, env.device)
+        if self.runner is None or self.runner.num_envs != env.num_envs:
+            self.runner = policy.base_runner(env.num_envs)
+        now: dict[str, torch.Tensor] = {}
 
         def choose(o: dict[str, Any]) -> torch.Tensor:
+            base, phase = self.runner.current(o)
+            now.update({BASE_ACTION: base, PHASE: phase[:, None].float()})
             if self.env_steps < cfg.warmup_steps:
-                base = policy.base_action(o)
-                action = (base + cfg.warmup_noise * torch.randn(base.shape, generator=self.generator).to(base)).clamp(-1, 1)
+                noise = cfg.warmup_noise * torch.randn(base.shape, generator=self.generator).to(base) * policy.corrected
+                action = (base + noise).clamp(-1, 1)
             else:
-                action = policy.act(o, deterministic=False).action[:, 0]
+                action, _ = policy.correct(policy.state(o, base, phase), base, deterministic=False)
             self.env_steps += 1
             return action
 
-        obs = collect_steps(env, obs, cfg.steps_per_iteration, choose, self.buffer, tracker, cfg.reward_scale)
+        def annotate(following: dict[str, Any], done: torch.Tensor) -> tuple[dict, dict]:
+            self.runner.advance(done)  # an ended episode's final observation gets a fresh chunk ...
+            base, phase = self.runner.current(following)
+            self.runner.ended(done)  # ... and so does the next episode's first
+            return dict(now), {BASE_ACTION: base, PHASE: phase[:, None].float()}
+
+        obs = collect_steps(env, obs, cfg.steps_per_iteration, choose, self.buffer, tracker, cfg.reward_scale,
+                            annotate=annotate)
         return {"env_steps": cfg.steps_per_iteration * env.num_envs}, obs, None
 
     # ------------------------------------------------------------------ losses
-    def _target_action(self, features: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def context(self, obs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(state, base action) of a replay batch's observations, from the recorded base action."""
+        base = obs[BASE_ACTION]
+        return self.policy.state(obs, base, obs[PHASE][:, 0]), base
+
+    def _target_action(self, state: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         policy: ResidualPolicy = self.policy
         scale = policy.config.scale
         if self.cfg.actor == "sac":
-            residual, log_prob = policy.residual(features, base)
+            residual, log_prob = policy.residual(state, base)
             return policy.combine(base, residual), log_prob
-        residual, log_prob = policy.residual(features, base, actor=self.target_actor)
-        noise = (torch.randn(residual.shape, generator=self.generator).to(residual) * self.cfg.target_noise * scale)
-        noise = noise.clamp(-self.cfg.target_noise_clip * scale, self.cfg.target_noise_clip * scale)
+        residual, log_prob = policy.residual(state, base, actor=self.target_actor)
+        noise = torch.randn(residual.shape, generator=self.generator).to(residual) * self.cfg.target_noise * scale
+        noise = noise.clamp(-self.cfg.target_noise_clip * scale, self.cfg.target_noise_clip * scale) * policy.corrected
         return policy.combine(base, (residual + noise).clamp(-scale, scale)), log_prob
 
     def critic_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_Q of one batch (see the module docstring) and its statistics."""
-        policy: ResidualPolicy = self.policy
         with torch.no_grad():
-            next_features = policy.features(batch["next_obs"])
-            next_base = policy.base_action(batch["next_obs"])
-            next_action, next_log_prob = self._target_action(next_features, next_base)
-            next_q = pair_min(self.target_critic(next_features, next_action), self.generator)
+            next_state, next_base = self.context(batch["next_obs"])
+            next_action, next_log_prob = self._target_action(next_state, next_base)
+            next_q = pair_min(self.target_critic(next_state, next_action), self.generator)
             if self.cfg.actor == "sac":
                 next_q = next_q - self.log_alpha.exp() * next_log_prob
             target = batch["n_step_reward"] + batch["discount"] * next_q
-        q = self.critic(policy.features(batch["obs"]), batch["action"])
+        q = self.critic(self.context(batch["obs"])[0], batch["action"])
         loss = (q - target[None]).pow(2).mean(1).sum()
         return loss, {"critic_loss": loss.detach(), "q": q.mean().detach(), "target_q": target.mean()}
 
     def actor_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_pi of one batch: -mean_e Q_e(s, base + residual) (+ alpha log pi for SAC)."""
         policy: ResidualPolicy = self.policy
-        features = policy.features(batch["obs"])
-        base = policy.base_action(batch["obs"])
-        residual, log_prob = policy.residual(features, base)
-        q = self.critic(features, policy.combine(base, residual)).mean(0)
+        state, base = self.context(batch["obs"])
+        residual, log_prob = policy.residual(state, base)
+        q = self.critic(state, policy.combine(base, residual)).mean(0)
         loss = -q.mean()
         stats = {"actor_q": q.mean().detach(), "residual_abs": residual.abs().mean().detach()}
         if self.cfg.actor == "sac":
@@ -207,6 +234,7 @@ class Residual(Algorithm):
             "buffer": self.buffer.state_dict() if self.buffer is not None else None,
             "buffer_shapes": (self.buffer.obs_shapes, self.buffer.num_envs, self.buffer.action_dim) if self.buffer else None,
             "env_steps": self.env_steps, "updates": self.updates, "pending_updates": self.pending_updates,
+            "runner": self.runner.state_dict() if self.runner is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -223,3 +251,45 @@ class Residual(Algorithm):
             self.buffer = ReplayBuffer(self.cfg.buffer_steps, num_envs, shapes, action_dim)
             self.buffer.load_state_dict(state["buffer"])
         self.env_steps, self.updates, self.pending_updates = state["env_steps"], state["updates"], state["pending_updates"]
+        if state.get("runner") is not None:
+            self.runner = self.policy.base_runner(len(state["runner"]["index"]))
+            self.runner.load_state_dict(state["runner"])
+
+
+@torch.no_grad()
+def add_base_actions(buffer: ReplayBuffer, policy: ResidualPolicy, batch_size: int = 1024) -> None:
+    """Record the frozen base's action and chunk phase at every state and next state of a
+    one-column buffer of whole episodes laid end to end (a dataset's): the base follows its
+    chunks from each episode's first frame, `base_horizon` actions of each."""
+    if buffer.num_envs != 1 or buffer.steps != buffer.capacity or buffer.pos != 0:
+        raise ValueError("add_base_actions reads a full one-column buffer of episodes in order (a dataset's).")
+    steps, horizon = buffer.steps, policy.config.base_horizon
+    done = buffer.done[:, 0].cpu()
+    first = torch.ones(steps, dtype=torch.bool)
+    first[1:] = done[:-1]
+    frame = torch.arange(steps)
+    step_in_episode = frame - torch.cummax(torch.where(first, frame, 0), 0).values
+    phase = step_in_episode % horizon
+    starts = (phase == 0).nonzero()[:, 0]
+    chunk_of = torch.cummax(torch.where(phase == 0, frame, 0), 0).values  # each frame's chunk start
+
+    def base_chunks(fields: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        out = []
+        for part in rows.split(batch_size):
+            obs = {k: v[part, 0] for k, v in fields.items()}
+            if buffer.task_names:
+                obs["task"] = [buffer.task_names[i] for i in buffer.task[part, 0].tolist()]
+            out.append(policy.base.act(obs, deterministic=True).action.clamp(-1, 1).float())
+        return torch.cat(out)
+
+    chunks = torch.zeros(steps, *base_chunks(buffer.obs, starts[:1]).shape[1:])
+    chunks[starts] = base_chunks(buffer.obs, starts).cpu()
+    base = chunks[chunk_of, phase]
+    next_base, next_phase = torch.zeros_like(base), torch.zeros_like(phase)
+    next_base[:-1], next_phase[:-1] = base[1:], phase[1:]
+    ended = done.nonzero()[:, 0]
+    if len(ended):
+        next_base[ended] = base_chunks(buffer.next_obs, ended).cpu()[:, 0]  # a final state starts a fresh chunk
+        next_phase[ended] = 0
+    buffer.add_obs_field(BASE_ACTION, base[:, None], next_base[:, None])
+    buffer.add_obs_field(PHASE, phase.float()[:, None, None], next_phase.float()[:, None, None])

@@ -105,6 +105,18 @@ class ReplayBuffer:
         self.pos = (self.pos + 1) % self.capacity
         self.full = self.full or self.pos == 0
 
+    def add_obs_field(self, key: str, values: torch.Tensor, next_values: torch.Tensor) -> None:
+        """A new float observation field over the whole ring: `values` and `next_values`
+        (capacity, N, *shape) for obs and next_obs (what the env did not observe: a frozen
+        base policy's action at each state)."""
+        if values.shape[:2] != (self.capacity, self.num_envs) or next_values.shape != values.shape:
+            raise ValueError(f"Field {key!r} needs ({self.capacity}, {self.num_envs}, ...) values for obs and next_obs; "
+                             f"got {tuple(values.shape)} and {tuple(next_values.shape)}.")
+        self.obs_shapes[key] = tuple(values.shape[2:])
+        self.obs_dtypes[key] = torch.float32
+        self.obs[key] = values.to(self.device, torch.float32)
+        self.next_obs[key] = next_values.to(self.device, torch.float32)
+
     def task_id(self, name: str) -> int:
         """The index of an instruction in `task_names` (added when new)."""
         if name not in self.task_names:

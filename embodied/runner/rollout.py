@@ -64,6 +64,62 @@ def select_obs(obs: dict[str, Any], index: torch.Tensor) -> Obs:
     return rows
 
 
+class ChunkRunner:
+    """Executes a policy's chunks step by step in N envs, `horizon` actions of each: an env
+    gets a fresh chunk (one batched `act` over the envs that need one) when it has used
+    `horizon` actions of its current one or its episode ended. With horizon 1 it is `act` at
+    every step (a receding horizon: the chunk's first action).
+
+    `current(obs)` is each env's action now and its phase (the action's index in its chunk);
+    `advance(done)` moves to the next step; calling the runner does both."""
+
+    def __init__(self, policy: Policy, num_envs: int, horizon: int, deterministic: bool = False):
+        self.policy, self.num_envs, self.horizon, self.deterministic = policy, num_envs, horizon, deterministic
+        self.queue: torch.Tensor | None = None  # (N, T, A)
+        self.index = torch.full((num_envs,), horizon, dtype=torch.long)  # each env's position in its chunk
+
+    @torch.no_grad()
+    def current(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, A) the action of each env now, fetching fresh chunks where needed, and (N,) its phase."""
+        need = (self.index >= self.horizon).nonzero()[:, 0]
+        if len(need):
+            rows = obs if len(need) == self.num_envs else select_obs(_instructions_as_array(obs), need)
+            chunk = self.policy.act(rows, deterministic=self.deterministic).action.clamp(-1, 1)
+            if chunk.shape[1] < self.horizon:
+                raise ValueError(f"The policy emits chunks of {chunk.shape[1]}; {self.horizon} of each cannot run.")
+            if self.queue is None:
+                self.queue = torch.zeros(self.num_envs, *chunk.shape[1:], device=chunk.device)
+            self.queue[need.to(chunk.device)] = chunk
+            self.index[need] = 0
+        return self.queue[torch.arange(self.num_envs), self.index.to(self.queue.device)], self.index.clone()
+
+    def advance(self, done: torch.Tensor | None = None) -> None:
+        """One step on; envs whose episode ended (`done` (N,)) start their next one with a fresh chunk."""
+        self.index += 1
+        if done is not None:
+            self.ended(done)
+
+    def ended(self, done: torch.Tensor) -> None:
+        """Envs whose episode ended start their next one with a fresh chunk."""
+        self.index[done.cpu()] = self.horizon
+
+    def __call__(self, obs: Obs) -> torch.Tensor:
+        action, _ = self.current(obs)
+        self.advance()
+        return action
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"queue": self.queue, "index": self.index.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.queue, self.index = state["queue"], state["index"].clone()
+
+
+def _instructions_as_array(obs: Obs) -> dict[str, Any]:
+    """An observation batch with the instructions as an object array (what `select_obs` reads)."""
+    return {k: np.array(v, dtype=object) if k == "task" else v for k, v in obs.items()}
+
+
 @dataclasses.dataclass
 class EpisodeTracker:
     """Running return/length/success per env, and the finished episodes' statistics. An
