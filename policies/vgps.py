@@ -107,6 +107,13 @@ def load_run_critic(run_dir: str | Path) -> torch.nn.Module:
     state = torch.load(latest_checkpoint(Path(run_dir)) / "trainer.pt", weights_only=False)["algo"]
     if "critic" not in state:
         raise ValueError(f"{run_dir} holds no Q ensemble (an off-policy run's checkpoint has one).")
+    config = Path(run_dir) / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        if (yaml.safe_load(config.read_text()).get("policy") or {}).get("base_horizon", 1) > 1:
+            raise ValueError(f"{run_dir}'s critic scores states that hold the base's chunk phase (policy.base_horizon > 1); "
+                             "V-GPS ranks actions on observation features alone.")
     weights = state["critic"]
     first = weights["net.0.weight"]  # (E, F + A, hidden)
     layers = sorted(int(k.split(".")[1]) for k in weights if k.endswith(".weight") and weights[k].dim() == 3)

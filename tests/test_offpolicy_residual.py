@@ -17,6 +17,7 @@ from embodied.runner.trainer import TrainConfig, Trainer
 from policies import MLPPolicyConfig, make_policy
 from policies.base import Policy
 from policies.residual import ResidualPolicy, ResidualPolicyConfig
+from policies.vgps import load_run_critic
 from sims.core import EnvConfig
 
 
@@ -277,3 +278,23 @@ def test_a_chunk_following_residual_trains_and_resumes_with_its_chunks_in_flight
     resumed = Trainer.from_run_dir(tmp_path / "run")
     assert torch.equal(resumed.algo.runner.index, trainer.algo.runner.index)
     assert torch.equal(resumed.algo.runner.queue, trainer.algo.runner.queue)
+    with pytest.raises(ValueError, match="base_horizon"):  # its critic needs the phase: no V-GPS with it
+        load_run_critic(tmp_path / "run")
+
+
+def test_the_residual_penalty_pulls_the_correction_back_to_the_base(tmp_path, reach):
+    env, obs = reach
+    saved_base(tmp_path, env, obs)
+    policy = make_policy(ResidualPolicyConfig(base_path=str(tmp_path / "base"), uncorrected_dims=(6,)), obs, env.action_dim)
+    with torch.no_grad():
+        policy.actor[-1].bias.fill_(0.5)  # a correction of 0.3 * tanh(0.5) everywhere
+    keys = ("observation.state", "observation.environment_state")
+    recorded = {BASE_ACTION: torch.zeros(8, env.action_dim), PHASE: torch.zeros(8, 1)}
+    batch = {"obs": {k: obs[k] for k in keys} | recorded}
+    algo = Residual(policy, ResidualConfig(residual_penalty=1.0))
+    algo.critic = ConstantEnsemble(2)  # Q does not depend on the action: only the penalty has a gradient
+    loss, stats = algo.actor_loss(batch)
+    assert torch.isclose(stats["residual_size"], torch.tanh(torch.tensor(0.5)).pow(2), atol=1e-5)
+    loss.backward()
+    grad = policy.actor[-1].bias.grad
+    assert (grad[:6] > 0).all() and grad[6] == 0, "descent shrinks every corrected dimension; the held one has none"

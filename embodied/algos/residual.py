@@ -24,6 +24,9 @@ episode's first frame. One iteration, top to bottom:
                                       L_Q = sum_e mean (Q_e(s, a) - y)^2
        actor (every `actor_delay` updates, after `critic_warmup_updates` critic-only updates):
                                       L_pi = -mean_e Q_e(s, base(s) + residual(s))  [+ alpha log pi]
+                                      with `residual_penalty` = lambda > 0 (TD3+BC's form, the base as
+                                      the behaviour to stay near):
+                                      L_pi = -mean Q / mean|Q| + lambda * mean (residual / scale)^2
        targets:                       Polyak averaging with `tau`.
 
 Rewards are whatever the env returns; the recipes use `env.reward_mode: sparse` (1 on success,
@@ -67,6 +70,7 @@ class ResidualConfig(AlgoConfig):
     num_critics: int = 2
     critic_hidden_sizes: tuple[int, ...] = (256, 256)
     actor_delay: int = 2  # TD3's delayed policy updates
+    residual_penalty: float = 0.0  # weight of mean (residual / scale)^2 in L_pi, against Q normalised by its mean |Q|
     target_noise: float = 0.1  # TD3 target smoothing, as a fraction of policy.scale
     target_noise_clip: float = 0.25  # likewise
     init_alpha: float = 0.01  # SAC entropy temperature (tuned towards target_entropy)
@@ -177,6 +181,10 @@ class Residual(Algorithm):
         q = self.critic(state, policy.combine(base, residual)).mean(0)
         loss = -q.mean()
         stats = {"actor_q": q.mean().detach(), "residual_abs": residual.abs().mean().detach()}
+        if self.cfg.residual_penalty > 0:
+            size = (residual / policy.config.scale).pow(2)[:, policy.corrected > 0].mean()
+            loss = loss / q.abs().mean().detach().clamp_min(1e-6) + self.cfg.residual_penalty * size
+            stats["residual_size"] = size.detach()
         if self.cfg.actor == "sac":
             loss = loss + (self.log_alpha.exp().detach() * log_prob).mean()
             stats["log_prob"] = log_prob.mean().detach()
