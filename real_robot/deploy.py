@@ -272,6 +272,8 @@ def deploy(
         for episode in range(cfg.episodes):
             robot.reset_episode(cfg.seed + episode)
             chunker.reset()
+            if hasattr(policy, "reset"):  # a policy in this process; a server keeps its own
+                policy.reset()
             result = _run_episode(robot, cfg, policy, chunker, corrector, recorder, display, episode, latencies, jitter, summary)
             summary["results"].append(result)
             summary["episodes"] += 1

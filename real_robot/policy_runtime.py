@@ -83,5 +83,10 @@ class LocalPolicy:
             chunk = self.policy.act(to_policy_batch(features), deterministic=self.deterministic).action
         return chunk[0].cpu().numpy().astype(np.float32)
 
+    def reset(self) -> None:
+        """A new episode: the policy forgets per-episode state (a residual's base chunk in flight)."""
+        with self._lock:
+            self.policy.reset()
+
     def close(self) -> None:
         pass

@@ -298,3 +298,16 @@ def test_the_residual_penalty_pulls_the_correction_back_to_the_base(tmp_path, re
     loss.backward()
     grad = policy.actor[-1].bias.grad
     assert (grad[:6] > 0).all() and grad[6] == 0, "descent shrinks every corrected dimension; the held one has none"
+
+
+def test_the_deploy_runtime_starts_a_chunk_following_residual_afresh_each_episode(tmp_path, reach):
+    from real_robot.policy_runtime import LocalPolicy
+
+    env, obs = reach
+    base = saved_base(tmp_path, env, obs, chunk_size=4)
+    policy = make_policy(ResidualPolicyConfig(base_path=str(tmp_path / "base"), base_horizon=4), obs, env.action_dim)
+    one = {k: v[:1] for k, v in obs.items() if isinstance(v, torch.Tensor)}
+    policy.act(one, deterministic=True)  # an episode ends one step into its chunk
+    LocalPolicy(policy).reset()
+    expected = base.act(one, deterministic=True).action[:, 0].clamp(-1, 1)
+    assert torch.equal(policy.act(one, deterministic=True).action[:, 0], expected), "the next episode's first action"
