@@ -290,8 +290,9 @@ def add_base_actions(buffer: ReplayBuffer, policy: ResidualPolicy, batch_size: i
             out.append(policy.base.act(obs, deterministic=True).action.clamp(-1, 1).float())
         return torch.cat(out)
 
-    chunks = torch.zeros(steps, *base_chunks(buffer.obs, starts[:1]).shape[1:])
-    chunks[starts] = base_chunks(buffer.obs, starts).cpu()
+    started = base_chunks(buffer.obs, starts).cpu()  # the chunk proposed at each chunk start
+    chunks = torch.zeros(steps, *started.shape[1:])
+    chunks[starts] = started
     base = chunks[chunk_of, phase]
     next_base, next_phase = torch.zeros_like(base), torch.zeros_like(phase)
     next_base[:-1], next_phase[:-1] = base[1:], phase[1:]
