@@ -67,6 +67,7 @@ class RenderSettings:
     shadows: bool = False
     shadow_size: int = 512
     reflections: bool = False
+    processes: int = 1  # processes drawing shares of the envs, this one included (sims/mujoco/render.py)
 
 
 @dataclasses.dataclass

@@ -1,5 +1,6 @@
 """Tests of sims/mujoco/render.py: tiled batched rendering against the one-Renderer-per-env baseline."""
 
+import dataclasses
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -155,3 +156,92 @@ def test_multi_pass_and_threads(model):
     finally:
         ref.close()
         small.close()
+
+
+def _assert_close_images(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal but for a few edge pixels: a scene drawn at another tile position of another
+    process's buffer can flip single pixels on an edge (llvmpipe's fixed-point rasterization)."""
+    diff = np.abs(a.astype(int) - b)
+    assert (diff > 1).mean() < 2e-3 and diff.mean() < 0.1, ((diff > 1).mean(), diff.mean())
+
+
+def _shm_files() -> set[str]:
+    return {f for f in os.listdir("/dev/shm") if f.startswith("embodied-render-")} if os.path.isdir("/dev/shm") else set()
+
+
+def test_render_processes_match_in_process(model):
+    n = 7
+    batch = _batch(model, n)
+    qpos = batch.bind("qpos")
+    qpos[:, 0] += np.linspace(-0.1, 0.1, n)
+    cfg = RenderConfig(width=32, height=32, depth=True)
+    before = _shm_files()
+    ref = TiledRenderer(model, n, CAMERAS, cfg)
+    procs = TiledRenderer(model, n, CAMERAS, dataclasses.replace(cfg, num_processes=3))
+    children = list(procs._processes._procs)
+
+    def check(ids=None):
+        a, b = ref.render(batch, ids), procs.render(batch, ids)
+        for cam in CAMERAS:
+            _assert_close_images(a[cam], b[cam])
+            np.testing.assert_allclose(a[cam + "_depth"], b[cam + "_depth"], rtol=1e-4)
+        return b
+
+    try:
+        first = check()
+        check(np.array([6, 2, 2, 4, 0]))  # a subset with a repeat, in the given order
+        check(np.array([3]))  # fewer envs than processes
+        qpos[:, 1] += 0.05  # new states reach the children
+        moved = check()
+        assert np.abs(moved["front"].astype(int) - first["front"]).sum() > 1000
+        rgba = batch.expand("geom_rgba")  # a field expanded after the first call: new layout
+        rgba[5, model.geom("a").id] = (1, 1, 0, 1)
+        recoloured = check()
+        assert np.abs(recoloured["wrist"][5].astype(int) - moved["wrist"][5]).sum() > 1000
+        assert_same_image(recoloured["wrist"][4], moved["wrist"][4])
+        assert _shm_files() == before  # the shared file is unlinked once mapped
+    finally:
+        ref.close()
+        procs.close()
+    assert all(c.poll() is not None for c in children)  # close() stops the children
+
+
+def test_render_process_death_is_reported(model):
+    batch = _batch(model, 4)
+    with TiledRenderer(model, 4, ["front"], RenderConfig(num_processes=2)) as r:
+        r.render(batch)
+        child = r._processes._procs[0]
+        child.kill()
+        child.wait()
+        with pytest.raises(RuntimeError, match=f"render process {child.pid} exited"):
+            r.render(batch)
+        with pytest.raises(RuntimeError, match="close this renderer"):
+            r.render(batch)
+
+
+def test_bad_process_count(model):
+    with pytest.raises(ValueError, match="num_processes"):
+        TiledRenderer(model, 2, ["front"], RenderConfig(num_processes=0))
+
+
+def test_env_renders_through_processes(model):
+    """env.render.processes reaches the env's renderer; its observations match one process's."""
+    import torch
+
+    import sims
+
+    envs = [
+        sims.make("PickCube", num_envs=5, obs_mode="rgb", cameras=("front",), render=sims.RenderSettings(processes=p))
+        for p in (1, 2)
+    ]
+    try:
+        for env in envs:
+            env.reset(seed=3)
+        action = torch.rand(5, envs[0].action_dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        obs = [env.step(action)[0] for env in envs]
+        key = "observation.images.front"
+        _assert_close_images(obs[0][key].numpy(), obs[1][key].numpy())
+        assert envs[1].renderer._processes.count == 1
+    finally:
+        for env in envs:
+            env.close()

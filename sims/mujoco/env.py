@@ -80,6 +80,7 @@ class MujocoBatchedEnv(BatchedEnv):
                     shadow_size=cfg.render.shadow_size,
                     reflections=cfg.render.reflections,
                     depth=cfg.obs_mode == "rgbd",
+                    num_processes=cfg.render.processes,
                 ),
             )
 

@@ -42,12 +42,25 @@ mjr_render loop, at a time when two processes did run 2x faster than one (3,900 
 2,240-2,410/s with two contexts in two threads vs 2,340/s in one, although mjr_render releases the
 GIL (checked): llvmpipe queues the scenes of all contexts of a process to one shared rasterizer
 (`screen->rast` under `rast_mutex`). Hence the default of 1; more threads may pay off with a GPU
-driver; on llvmpipe, separate processes would scale.
+driver; on llvmpipe, separate processes do scale.
+
+Processes (`RenderConfig.num_processes`, the env's `render.processes`): P > 1 starts P - 1 render
+processes (`sims.mujoco.render_process`); this process and each of them draw a contiguous share of
+the envs, the children from the batch's state copied into shared memory per call. A profile of the
+PickCube scene (perf, 64x64, one process) puts ~70% of the CPU time in the calling thread (Mesa's
+draw module: vertex shading, clipping, binning) and ~15% in each of llvmpipe's two rasterizer
+threads, so a second process's draw thread runs on the otherwise idle share of the second core:
+interleaved on the 2-core machine, 256 envs at 64x64, P = 2 gave 1.5-1.7x the images/s of P = 1
+and P = 3 1.3-1.9x (`benchmarks/render_throughput.py` measures P = cores against P = 1). Each
+process costs ~2 s to start (it imports `sims`) and one GL context; the default stays 1, as small
+batches (tests, evaluation) would pay the start-up for nothing. Per-env caller models
+(`batch.set_models`) are not shipped to the children: such a batch renders in this process.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import threading
@@ -100,6 +113,7 @@ class RenderConfig:
     depth: bool = False  # also return metric depth (float32 meters)
     backend: str = "egl"  # MUJOCO_GL value: "egl" or "osmesa" (only if MUJOCO_GL is unset)
     num_threads: int = 1  # GL contexts (threads), each with a share of the envs; see module doc
+    num_processes: int = 1  # processes drawing shares of the envs, this one included; module doc
     max_buffer_size: int = 2048  # offscreen buffer side limit, pixels; more tiles -> several passes
 
 
@@ -212,31 +226,22 @@ class _Worker:
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self.con)
         self.con.readDepthMap = mujoco.mjtDepthMap.mjDEPTH_ZEROFAR
 
-    def render(self, batch, env_ids, expanded, models, rgb_out, depth_out, lock) -> Future:
+    def render(self, env_ids, source, rgb_out, depth_out) -> Future:
         """Render env_ids into rgb_out (ncam, n, H, W, 3) and depth_out (ncam, n, H, W) raw [0, 1].
 
-        expanded: {field: (nsim, ...) per-env values}; models: batch.models. The batch is called
-        (get_data) only under lock."""
-        return self.thread.submit(
-            self._render, batch, env_ids, expanded, models, rgb_out, depth_out, lock
-        )
+        source.load(env, data, fields) puts env's state into data (and its per-env model fields
+        into fields, this worker's writable views of its scratch model) and returns the model to
+        draw it with."""
+        return self.thread.submit(self._render, env_ids, source, rgb_out, depth_out)
 
-    def _render(self, batch, env_ids, expanded, models, rgb_out, depth_out, lock) -> None:
+    def _render(self, env_ids, source, rgb_out, depth_out) -> None:
         w, h, ncam = self.cfg.width, self.cfg.height, len(self.cameras)
         self.gl.make_current()
-        expanded = [(self.fields[name], values) for name, values in expanded.items()]
         per_pass = max(1, self.cols * self.rows // ncam)
         for start in range(0, len(env_ids), per_pass):
             chunk = env_ids[start : start + per_pass]
             for k, env in enumerate(chunk):
-                with lock:  # a Batch must not be called from two threads at once
-                    batch.get_data(int(env), self.data)
-                if models is None:
-                    model = self.model
-                    for view, values in expanded:
-                        view[...] = values[env]
-                else:
-                    model = models if isinstance(models, mujoco.MjModel) else models[env]
+                model = source.load(int(env), self.data, self.fields) or self.model
                 mujoco.mj_kinematics(model, self.data)
                 mujoco.mj_camlight(model, self.data)
                 for c, cam in enumerate(self.cameras):
@@ -265,6 +270,30 @@ class _Worker:
         self.thread.shutdown()
 
 
+class _BatchSource:
+    """Env states read from the batch in this process (the `source` of `_Worker.render`)."""
+
+    def __init__(self, batch: mujoco.batch.Batch, lock: threading.Lock):
+        self.batch, self.lock = batch, lock
+        self.models = batch.models  # caller models (set_models), else per-env expanded fields
+        self.expanded = (
+            {}
+            if self.models is not None
+            else {f: v for f in RENDER_FIELDS if (v := batch.expanded(f)) is not None}
+        )
+
+    def load(
+        self, env: int, data: mujoco.MjData, fields: dict[str, np.ndarray]
+    ) -> mujoco.MjModel | None:
+        with self.lock:  # a Batch must not be called from two threads at once
+            self.batch.get_data(env, data)
+        if self.models is not None:
+            return self.models if isinstance(self.models, mujoco.MjModel) else self.models[env]
+        for name, values in self.expanded.items():
+            fields[name][...] = values[env]
+        return None
+
+
 class TiledRenderer:
     """Renders several cameras of many envs of one mujoco.batch.Batch as tiles of one offscreen buffer.
 
@@ -285,8 +314,20 @@ class TiledRenderer:
             model.cam_projection[i] == mujoco.mjtProjection.mjPROJ_ORTHOGRAPHIC for i in cam_ids
         ]
         self._model = model
+        if cfg.num_threads < 1 or cfg.num_processes < 1:
+            raise ValueError(
+                f"num_threads and num_processes must be >= 1, got {cfg.num_threads}, "
+                f"{cfg.num_processes}"
+            )
         nthread = max(1, min(cfg.num_threads, num_envs))
         tiles = math.ceil(num_envs / nthread) * len(cam_ids)
+        self._processes = None
+        if cfg.num_processes > 1:
+            from sims.mujoco.render_process import RenderProcesses
+
+            share = math.ceil(num_envs / cfg.num_processes) * len(cam_ids)
+            self._processes = RenderProcesses(model, cfg, cam_ids, share, cfg.num_processes - 1)
+            tiles = math.ceil(share / nthread)
         self._workers = [_Worker(model, cfg, cam_ids, tiles) for _ in range(nthread)]
         self._lock = threading.Lock()
 
@@ -310,27 +351,24 @@ class TiledRenderer:
         n, ncam, h, w = len(ids), len(self.cameras), self.cfg.height, self.cfg.width
         rgb = np.empty((ncam, n, h, w, 3), np.uint8)
         raw = np.empty((ncam, n, h, w), np.float32) if self.cfg.depth else None
-        models = batch.models  # caller models (set_models), else per-env copies of expanded fields
-        expanded = (
-            {}
-            if models is not None
-            else {f: v for f in RENDER_FIELDS if (v := batch.expanded(f)) is not None}
-        )
+        source = _BatchSource(batch, self._lock)
+        own, others = slice(0, n), []
+        if self._processes is not None and source.models is None and n <= batch.nsim:
+            own, *others = _shares(n, self._processes.count + 1)
+            self._processes.submit(batch, ids, others)
         futures = [
             worker.render(
-                batch,
-                ids[s],
-                expanded,
-                models,
-                rgb[:, s],
-                None if raw is None else raw[:, s],
-                self._lock,
+                ids[s], source, rgb[:, s], None if raw is None else raw[:, s]
             )
-            for worker, s in zip(self._workers, _shares(n, len(self._workers)), strict=True)
+            for worker, s in zip(
+                self._workers, _shares(own.stop, len(self._workers)), strict=True
+            )
             if s.stop > s.start
         ]
         for future in futures:
             future.result()
+        if others:
+            self._processes.collect(rgb, raw, others)
         out = {name: rgb[c] for c, name in enumerate(self.cameras)}
         if raw is not None:
             for c, name in enumerate(self.cameras):
@@ -342,6 +380,9 @@ class TiledRenderer:
         for worker in self._workers or ():
             worker.close()
         self._workers = None
+        if self._processes is not None:
+            self._processes.close()
+            self._processes = None
 
     def __enter__(self) -> TiledRenderer:
         return self
@@ -406,6 +447,13 @@ class NaiveRenderer:
                     renderer.render(out=out[name + "_depth"][k])
                     renderer.disable_depth_rendering()
         return out
+
+    def set_shadows(self, shadows: bool) -> None:
+        """Switch shadows on or off in every Renderer, as if built with cfg.shadows=shadows (the
+        shadow map's size is fixed at construction; building 256 Renderers takes ~45 s)."""
+        self.cfg = dataclasses.replace(self.cfg, shadows=shadows)
+        for r in self._renderers:
+            r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = shadows
 
     def close(self) -> None:
         """Free every Renderer."""
