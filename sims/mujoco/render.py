@@ -55,7 +55,11 @@ and P = 3 1.3-1.9x (`benchmarks/render_throughput.py` measures P = cores against
 process costs ~2 s to start (it imports `sims`) and one GL context; the default stays 1, as small
 batches (tests, evaluation) would pay the start-up for nothing. In a whole env step (PickCube,
 front + wrist at 64x64, physics on the thread pool first) P = 2 / 3 gave 1.2 / 1.3x the env
-steps/s of P = 1 at 64 envs and 1.3x at 16 (interleaved, medians of 5 rounds). Per-env caller models
+steps/s of P = 1 at 64 envs and 1.3x at 16 (interleaved, medians of 5 rounds). CPU time per
+image, read from /proc for this process and its children (256 envs, 64x64, throwaway script):
+700-800 us for P = 1-3 and for children with LP_NUM_THREADS 0, 1 or the default, vs ~980 us for
+NaiveRenderer, which runs on about one core; so on two cores processes cap the ratio to the
+naive renderer near 2.5x, whatever their number. Per-env caller models
 (`batch.set_models`) are not shipped to the children: such a batch renders in this process.
 """
 
