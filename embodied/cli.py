@@ -118,7 +118,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     out = run_dir / f"eval_{checkpoint.name}_seed{args.seed}.json"
     out.write_text(json.dumps(result, indent=2))
     low, high = result["success_ci95"]
-    print(f"success {result['success_rate']:.1%} (95% CI {low:.1%}-{high:.1%}) over {args.episodes} episodes -> {out}")
+    stages = ", ".join(f"{k[len('stage/'):]} {v:.0%}" for k, v in result.items() if k.startswith("stage/"))
+    print(f"success {result['success_rate']:.1%} (95% CI {low:.1%}-{high:.1%}) over {args.episodes} episodes"
+          f"{f' (reached: {stages})' if stages else ''} -> {out}")
     return 0
 
 

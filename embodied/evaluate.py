@@ -48,7 +48,7 @@ def evaluate_policy(
     cuda_devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
-        success, returns, frames = run_episodes(
+        success, returns, stages, frames = run_episodes(
             policy, env, obs, episodes, deterministic, camera if video_path is not None else None,
             video_envs,
         )
@@ -63,15 +63,18 @@ def evaluate_policy(
     return {
         "success_rate": float(success.float().mean()), "success_ci95": [low, high], "episodes": episodes,
         "mean_return": float(returns.mean()), "seed": seed,
+        **{f"stage/{name}": float(reached.float().mean()) for name, reached in stages.items()},
     }
 
 
 def run_episodes(
     policy: Policy, env: Any, obs: dict[str, Any], episodes: int, deterministic: bool,
     camera: str | None, video_envs: int,
-) -> tuple[torch.Tensor, torch.Tensor, list[np.ndarray]]:
-    """Step every env until each has finished one episode: (success, return, frames of `camera`)."""
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], list[np.ndarray]]:
+    """Step every env until each has finished one episode: (success, return, {stage: reached at
+    some step} for a task with milestones, frames of `camera`)."""
     success = torch.zeros(episodes, dtype=torch.bool)
+    stages: dict[str, torch.Tensor] = {}
     finished = torch.zeros(episodes, dtype=torch.bool)
     returns = torch.zeros(episodes)
     frames: list[np.ndarray] = []
@@ -81,6 +84,8 @@ def run_episodes(
             obs, reward, terminated, truncated, info = env.step(chunk[:, t])
             returns[~finished] += reward.cpu()[~finished]
             success |= info["success"].cpu() & ~finished
+            for name, now in info.get("stages", {}).items():
+                stages[name] = stages.get(name, torch.zeros(episodes, dtype=torch.bool)) | (now.cpu() & ~finished)
             finished |= (terminated | truncated).cpu()
             if camera is not None:
                 from embodied.demo import tile
@@ -89,4 +94,4 @@ def run_episodes(
                 frames.append(tile(shown, int(math.ceil(math.sqrt(len(shown))))))
             if finished.all():
                 break
-    return success, returns, frames
+    return success, returns, stages, frames

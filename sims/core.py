@@ -125,7 +125,8 @@ class BatchedEnv(abc.ABC):
         ``success`` (N,) bool, ``unstable`` (N,) bool (the physics diverged; the episode ends
         terminated) and, when any env finished, ``final_observation`` (the obs those envs
         reached before their automatic reset; rows of envs that did not finish equal `obs`)
-        and ``done`` (N,) bool."""
+        and ``done`` (N,) bool; for a task with milestones (`Task.stages`), ``stages``:
+        {name: (N,) bool} of the step's state, before any reset."""
 
     @abc.abstractmethod
     def get_state(self) -> dict[str, torch.Tensor]:

@@ -77,3 +77,19 @@ def test_evaluation_repeats_exactly_and_leaves_the_callers_rng_alone():
     assert first["mean_return"] == second["mean_return"]
     other_seed = evaluate_policy(policy, env_cfg, episodes=3, seed=8, deterministic=False)
     assert other_seed["mean_return"] != first["mean_return"]
+
+
+def test_evaluation_reports_the_tasks_stages():
+    """A task with milestones gets stage/<name> rates (here none reached by an untrained MLP in
+    10 steps); a task without them gets none."""
+    from embodied.evaluate import evaluate_policy
+    from sims.core import EnvConfig
+
+    for task, expected in (("PickCube", {"stage/grasped"}), ("Reach", set())):
+        env_cfg = EnvConfig(task=task, num_envs=1, max_episode_steps=10)
+        env = sims.make(env_cfg)
+        policy = make_policy(MLPPolicyConfig(hidden_sizes=(16,)), env.reset(seed=0), env.action_dim)
+        env.close()
+        result = evaluate_policy(policy, env_cfg, episodes=3, seed=7)
+        assert {k for k in result if k.startswith("stage/")} == expected
+        assert all(result[k] == 0.0 for k in expected)

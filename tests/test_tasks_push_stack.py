@@ -148,3 +148,42 @@ def test_stack_success_and_reward_when_a_rests_on_b(stack_env):
 
 def test_stack_reset_of_one_env_leaves_the_others_untouched(stack_env):
     assert_reset_of_env_1_only(stack_env)
+
+
+# ---------------------------------------------------------------------------------- stages
+class _Scripted:
+    """The run_episodes side of a Policy: the task's scripted expert, or no motion at all."""
+
+    def __init__(self, env, still: bool = False):
+        self.expert, self.still, self.action_dim = env.task.expert(), still, env.action_dim
+
+    def act(self, obs, deterministic=False):
+        from policies.base import PolicyOutput
+
+        action = self.expert.act(obs)
+        if self.still:
+            action = torch.zeros_like(action)
+        return PolicyOutput(action=action[:, None], log_prob=torch.zeros(len(action)))
+
+
+@pytest.mark.parametrize("task", ["StackCube", "PlaceInBin"])
+def test_stages_are_reached_in_order_by_the_expert_and_not_by_standing_still(task):
+    from embodied.evaluate import run_episodes
+
+    n = 12
+    for still in (False, True):
+        env = sims.make(task, num_envs=n, seed=5)
+        obs = env.reset(seed=5)
+        assert not any(stage.any() for stage in env.task.stages().values())  # nothing at the start
+        success, _, stages, _ = run_episodes(_Scripted(env, still), env, obs, n, True, None, 0)
+        env.close()
+        names = list(stages)
+        assert names == list(env.task.stages()) and names[0] == "grasped"
+        if still:
+            assert not success.any() and not any(r.any() for r in stages.values())
+            continue
+        assert success.float().mean() >= 0.9
+        for reached in stages.values():
+            assert (reached | ~success).all()  # every success went through every milestone
+        for earlier, later in zip(names[:-1], names[1:], strict=True):
+            assert (stages[earlier] | ~stages[later]).all()  # a later milestone implies the earlier

@@ -200,6 +200,9 @@ class MujocoBatchedEnv(BatchedEnv):
         truncated = (self.elapsed_steps >= self.max_episode_steps) & ~terminated
         obs = self._observe()
         info: dict = {"success": success, "unstable": unstable_t}
+        stages = self.task.stages()
+        if stages:
+            info["stages"] = {name: reached & ~unstable_t for name, reached in stages.items()}
         done = terminated | truncated
         if done.any():
             done_ids = done.nonzero()[:, 0]

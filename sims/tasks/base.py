@@ -68,6 +68,13 @@ class Task(abc.ABC):
         """float32 (N,), shaped so that following it leads to success; the bonus for success
         is added by the env."""
 
+    def stages(self) -> dict[str, torch.Tensor]:
+        """The task's milestones on the way to success, in order, each (N,) bool: whether the
+        env is at that milestone now (for instance "grasped", "on_top"). Evaluation reports
+        the fraction of episodes that reach each at some step (`stage/<name>`), which shows
+        where a policy fails. Single-stage tasks have none."""
+        return {}
+
     def state(self) -> dict[str, torch.Tensor]:
         """Task buffers that are not physics state (goals), each (N, ...), for get/set_state."""
         return {}

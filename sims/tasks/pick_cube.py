@@ -64,6 +64,10 @@ class PickCube(Task):
         pos = self.cube_pos()
         return (pos[:, 2] - HALF >= LIFT) & ((pos - self.env.tcp_pos).norm(dim=1) < 2 * HALF)
 
+    def stages(self) -> dict[str, torch.Tensor]:
+        pos = self.cube_pos()
+        return {"grasped": cube_grasped(self.env, pos)}
+
     def dense_reward(self) -> torch.Tensor:
         pos = self.cube_pos()
         reach = 1.0 - torch.tanh(5.0 * (pos - self.env.tcp_pos).norm(dim=1))

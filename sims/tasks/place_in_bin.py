@@ -131,6 +131,10 @@ class PlaceInBin(Task):
     def success(self) -> torch.Tensor:
         return self.inside() & self.released()
 
+    def stages(self) -> dict[str, torch.Tensor]:
+        """grasped the cube; the cube inside the bin (held or not)."""
+        return {"grasped": cube_grasped(self.env, self.cube_pos()), "inside": self.inside()}
+
     def dense_reward(self) -> torch.Tensor:
         """Reach the cube, grasp it, carry it above the bin, let it go inside; each stage a
         quarter, in [0, 1]."""

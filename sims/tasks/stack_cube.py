@@ -102,6 +102,14 @@ class StackCube(Task):
     def success(self) -> torch.Tensor:
         return self.on_top() & self.released() & self.static()
 
+    def stages(self) -> dict[str, torch.Tensor]:
+        """grasped A; carried A above B (held, within ON_TOP_XY of B's centre in xy, its bottom
+        above B's top); A on B's top (held or not)."""
+        a, b = self.pos_a(), self.pos_b()
+        grasped = cube_grasped(self.env, a)
+        above = ((a - b)[:, :2].norm(dim=1) < ON_TOP_XY) & (a[:, 2] - HALF > b[:, 2] + HALF - 0.002)
+        return {"grasped": grasped, "above_target": grasped & above, "on_top": self.on_top()}
+
     def dense_reward(self) -> torch.Tensor:
         """Reach A, grasp it, carry it onto B, let go; each stage a quarter, in [0, 1]."""
         env = self.env
