@@ -52,7 +52,7 @@ draw module: vertex shading, clipping, binning) and ~15% in each of llvmpipe's t
 threads, so a second process's draw thread runs on the otherwise idle share of the second core:
 interleaved on the 2-core machine, 256 envs at 64x64, P = 2 gave 1.5-1.7x the images/s of P = 1
 and P = 3 1.3-1.9x (`benchmarks/render_throughput.py` measures P = cores against P = 1). Each
-process costs ~2 s to start (it imports `sims`) and one GL context; the default stays 1, as small
+process costs ~0.5 s to start and one GL context; the default stays 1, as small
 batches (tests, evaluation) would pay the start-up for nothing. In a whole env step (PickCube,
 front + wrist at 64x64, physics on the thread pool first) P = 2 / 3 gave 1.2 / 1.3x the env
 steps/s of P = 1 at 64 envs and 1.3x at 16 (interleaved, medians of 5 rounds). CPU time per

@@ -2,10 +2,11 @@
 
 Mesa's llvmpipe serializes the draw work of all GL contexts of one process (one rasterizer per
 screen, see `sims.mujoco.render`), so a second thread gains nothing, but a second process runs
-beside the first. `RenderProcesses` starts `count` children (``python -m
-sims.mujoco.render_process``, not multiprocessing: no re-import of the caller's ``__main__`` and no
-fork of a process holding threads and GL state). Each child owns one `_Worker` (GL context,
-offscreen buffer, scratch model) built from the pickled model.
+beside the first. `RenderProcesses` starts `count` children (``python .../render_process.py``,
+not multiprocessing: no re-import of the caller's ``__main__`` and no fork of a process holding
+threads and GL state). A child imports render.py as a plain module, not the `sims` package
+(torch), so it is ready in ~0.5 s. Each child owns one `_Worker` (GL context, offscreen buffer,
+scratch model) built from the pickled model.
 
 Per call, the parent copies the state rendering depends on (``qpos``, ``mocap_pos``,
 ``mocap_quat``: the worker recomputes the kinematics from them, as it does in process) and the
@@ -19,6 +20,7 @@ exit code.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import mmap
 import os
 import pickle
@@ -35,11 +37,14 @@ import mujoco
 import mujoco.batch
 import numpy as np
 
-from sims.mujoco.render import RENDER_FIELDS, RenderConfig, _Worker
+if __package__:
+    from sims.mujoco.render import RENDER_FIELDS, RenderConfig, _Worker
+else:  # the child, run as a script: render.py alone, without the `sims` package (torch, gymnasium)
+    from render import RENDER_FIELDS, RenderConfig, _Worker  # type: ignore[no-redef]
 
 STATE_FIELDS = ("qpos", "mocap_pos", "mocap_quat")
 _ALIGN = 64
-_SOURCE_ROOT = str(Path(__file__).resolve().parents[2])  # holds the `sims` package
+_SCRIPT = str(Path(__file__).resolve())
 
 Layout = dict[str, tuple[tuple[int, ...], str, int]]  # name -> (shape, dtype, byte offset)
 
@@ -97,15 +102,12 @@ class RenderProcesses:
         self.cfg, self.ncam = cfg, len(cam_ids)
         self._procs: list[subprocess.Popen] = []
         self._conns: list[Connection] = []
-        env = os.environ | {
-            "PYTHONPATH": os.pathsep.join(filter(None, [_SOURCE_ROOT, os.environ.get("PYTHONPATH")])),
-            "OMP_NUM_THREADS": "1",
-        }
-        init = pickle.dumps((model, cfg, list(cam_ids), num_tiles))
+        env = os.environ | {"OMP_NUM_THREADS": "1"}
+        init = pickle.dumps((model, dataclasses.asdict(cfg), list(cam_ids), num_tiles))
         for _ in range(count):
             ours, theirs = socket.socketpair()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "sims.mujoco.render_process", str(theirs.fileno())],
+                [sys.executable, _SCRIPT, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -225,6 +227,7 @@ class RenderProcesses:
 def _child_main(fd: int) -> None:
     conn = Connection(fd)
     model, cfg, cam_ids, num_tiles = pickle.loads(conn.recv_bytes())
+    cfg = RenderConfig(**cfg)
     try:
         worker = _Worker(model, cfg, cam_ids, num_tiles)
     except Exception:  # noqa: BLE001 - reported to the parent
