@@ -85,7 +85,7 @@ def test_evaluation_reports_the_tasks_stages():
     from embodied.evaluate import evaluate_policy
     from sims.core import EnvConfig
 
-    for task, expected in (("PickCube", {"stage/grasped"}), ("Reach", set())):
+    for task, expected in (("PickCube", {"stage/lifted"}), ("Reach", set())):
         env_cfg = EnvConfig(task=task, num_envs=1, max_episode_steps=10)
         env = sims.make(env_cfg)
         policy = make_policy(MLPPolicyConfig(hidden_sizes=(16,)), env.reset(seed=0), env.action_dim)

@@ -178,7 +178,7 @@ def test_stages_are_reached_in_order_by_the_expert_and_not_by_standing_still(tas
         success, _, stages, _ = run_episodes(_Scripted(env, still), env, obs, n, True, None, 0)
         env.close()
         names = list(stages)
-        assert names == list(env.task.stages()) and names[0] == "grasped"
+        assert names == list(env.task.stages()) and names[0] == "lifted"
         if still:
             assert not success.any() and not any(r.any() for r in stages.values())
             continue

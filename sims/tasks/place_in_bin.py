@@ -8,7 +8,7 @@ import torch
 from sims.mujoco.scene import add_box
 from sims.rotations import quat_conj, quat_rotate, quat_to_yaw, yaw_to_quat
 from sims.tasks.base import CubeGraspExpert, ScriptedExpert, Task, register_task
-from sims.tasks.pick_cube import cube_grasped, random_yaw_quat
+from sims.tasks.pick_cube import cube_grasped, cube_held_up, random_yaw_quat
 
 HALF = 0.02  # cube half size, metres
 INNER = 0.06  # bin inner half width: a 12 x 12 cm footprint
@@ -132,8 +132,9 @@ class PlaceInBin(Task):
         return self.inside() & self.released()
 
     def stages(self) -> dict[str, torch.Tensor]:
-        """grasped the cube; the cube inside the bin (held or not)."""
-        return {"grasped": cube_grasped(self.env, self.cube_pos()), "inside": self.inside()}
+        """lifted: the cube 1 cm off the table at the TCP; inside: the cube inside the bin (held
+        or not)."""
+        return {"lifted": cube_held_up(self.env, self.cube_pos()), "inside": self.inside()}
 
     def dense_reward(self) -> torch.Tensor:
         """Reach the cube, grasp it, carry it above the bin, let it go inside; each stage a

@@ -8,7 +8,7 @@ import torch
 from sims.mujoco.scene import add_box
 from sims.rotations import quat_to_yaw, wrap_angle
 from sims.tasks.base import CubeGraspExpert, ScriptedExpert, Task, register_task
-from sims.tasks.pick_cube import cube_grasped, random_yaw_quat
+from sims.tasks.pick_cube import cube_grasped, cube_held_up, random_yaw_quat
 
 HALF = 0.02  # half size of both cubes, metres
 SPAWN = 0.12  # cube xy uniform in [-SPAWN, SPAWN]
@@ -103,12 +103,12 @@ class StackCube(Task):
         return self.on_top() & self.released() & self.static()
 
     def stages(self) -> dict[str, torch.Tensor]:
-        """grasped A; carried A above B (held, within ON_TOP_XY of B's centre in xy, its bottom
-        above B's top); A on B's top (held or not)."""
+        """lifted: A 1 cm off the table at the TCP; above_target: A at the TCP, within ON_TOP_XY
+        of B's centre in xy, its bottom above B's top; on_top: A on B's top (held or not)."""
         a, b = self.pos_a(), self.pos_b()
-        grasped = cube_grasped(self.env, a)
+        held = (a - self.env.tcp_pos).norm(dim=1) < 2 * HALF
         above = ((a - b)[:, :2].norm(dim=1) < ON_TOP_XY) & (a[:, 2] - HALF > b[:, 2] + HALF - 0.002)
-        return {"grasped": grasped, "above_target": grasped & above, "on_top": self.on_top()}
+        return {"lifted": cube_held_up(self.env, a), "above_target": held & above, "on_top": self.on_top()}
 
     def dense_reward(self) -> torch.Tensor:
         """Reach A, grasp it, carry it onto B, let go; each stage a quarter, in [0, 1]."""
