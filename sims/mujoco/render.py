@@ -247,7 +247,9 @@ class _Worker:
         for start in range(0, len(env_ids), per_pass):
             chunk = env_ids[start : start + per_pass]
             for k, env in enumerate(chunk):
-                model = source.load(int(env), self.data, self.fields) or self.model
+                model = source.load(int(env), self.data, self.fields)
+                if model is None:  # this worker's scratch model, holding env's expanded fields
+                    model = self.model
                 mujoco.mj_kinematics(model, self.data)
                 mujoco.mj_camlight(model, self.data)
                 for c, cam in enumerate(self.cameras):
