@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import socket
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -177,7 +178,12 @@ def test_render_processes_match_in_process(model):
     cfg = RenderConfig(width=32, height=32, depth=True)
     before = _shm_files()
     ref = TiledRenderer(model, n, CAMERAS, cfg)
-    procs = TiledRenderer(model, n, CAMERAS, dataclasses.replace(cfg, num_processes=3))
+    timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(1.0)  # as a socket server in the same process may have set it
+    try:  # (new sockets would be non-blocking, and the children's pipe with them)
+        procs = TiledRenderer(model, n, CAMERAS, dataclasses.replace(cfg, num_processes=3))
+    finally:
+        socket.setdefaulttimeout(timeout)
     children = list(procs._processes._procs)
 
     def check(ids=None):

@@ -106,6 +106,8 @@ class RenderProcesses:
         init = pickle.dumps((model, dataclasses.asdict(cfg), list(cam_ids), num_tiles))
         for _ in range(count):
             ours, theirs = socket.socketpair()
+            for sock in (ours, theirs):  # blocking fds, whatever socket.setdefaulttimeout says
+                sock.setblocking(True)
             proc = subprocess.Popen(
                 [sys.executable, _SCRIPT, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
