@@ -195,8 +195,7 @@ def test_watchdog_holds_within_bound_when_commands_stop():
     assert robot.holds == 1
     hold = next(e for e in safety.events if e.kind == "hold")
     assert hold.time - before >= 0.1  # never before the timeout
-    # timeout + one poll + thread wake-up latency: the full suite on 2 busy cores broke a 0.1 s margin
-    assert hold.time - after <= 0.1 * 1.25 + 0.25
+    assert hold.time - after <= 0.1 * 1.25 + 0.1  # timeout + one poll + thread wake-up on a loaded machine
     assert "watchdog" in hold.reason
     time.sleep(0.3)
     assert robot.holds == 1  # held once, not re-held every poll
