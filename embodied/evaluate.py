@@ -33,7 +33,7 @@ def evaluate_policy(
 ) -> dict[str, Any]:
     """Run `episodes` episodes (one per env) from seeds disjoint from training's; optional mp4.
     An episode succeeds if the task is solved at any step (success_once)."""
-    cfg = dataclasses.replace(env_cfg, num_envs=episodes, seed=seed)
+    cfg = dataclasses.replace(env_cfg, num_envs=episodes, seed=seed, report_stages=True)
     if video_path is not None and cfg.obs_mode == "state":
         cfg = dataclasses.replace(cfg, obs_mode="rgb", cameras=("front",))
     env = sims.make(cfg)
@@ -72,7 +72,7 @@ def run_episodes(
     camera: str | None, video_envs: int,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], list[np.ndarray]]:
     """Step every env until each has finished one episode: (success, return, {stage: reached at
-    some step} for a task with milestones, frames of `camera`)."""
+    some step} when the env reports its task's milestones, frames of `camera`)."""
     success = torch.zeros(episodes, dtype=torch.bool)
     stages: dict[str, torch.Tensor] = {}
     finished = torch.zeros(episodes, dtype=torch.bool)

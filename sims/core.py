@@ -88,6 +88,7 @@ class EnvConfig:
     num_threads: int = 0  # physics threads; 0: one per core
     seed: int = 0
     first_env_index: int = 0  # this batch's envs are envs first_env_index.. of a larger one (seeds [seed, index])
+    report_stages: bool = False  # info["stages"] every step (the evaluator turns it on; ~0.2 ms a step)
     render: RenderSettings = dataclasses.field(default_factory=RenderSettings)
     randomization: RandomizationConfig = dataclasses.field(default_factory=RandomizationConfig)
 
@@ -125,8 +126,8 @@ class BatchedEnv(abc.ABC):
         ``success`` (N,) bool, ``unstable`` (N,) bool (the physics diverged; the episode ends
         terminated) and, when any env finished, ``final_observation`` (the obs those envs
         reached before their automatic reset; rows of envs that did not finish equal `obs`)
-        and ``done`` (N,) bool; for a task with milestones (`Task.stages`), ``stages``:
-        {name: (N,) bool} of the step's state, before any reset."""
+        and ``done`` (N,) bool; with ``cfg.report_stages`` and a task with milestones
+        (`Task.stages`), ``stages``: {name: (N,) bool} of the step's state, before any reset."""
 
     @abc.abstractmethod
     def get_state(self) -> dict[str, torch.Tensor]:

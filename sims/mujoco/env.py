@@ -200,8 +200,7 @@ class MujocoBatchedEnv(BatchedEnv):
         truncated = (self.elapsed_steps >= self.max_episode_steps) & ~terminated
         obs = self._observe()
         info: dict = {"success": success, "unstable": unstable_t}
-        stages = self.task.stages()
-        if stages:
+        if self.cfg.report_stages and (stages := self.task.stages()):
             info["stages"] = {name: reached & ~unstable_t for name, reached in stages.items()}
         done = terminated | truncated
         if done.any():

@@ -58,14 +58,14 @@ def _layout(arrays: dict[str, tuple[tuple[int, ...], np.dtype]]) -> tuple[Layout
     return layout, offset
 
 
-def _map(path: str, layout: Layout, size: int) -> tuple[mmap.mmap, dict[str, np.ndarray]]:
+def _map(path: str, layout: Layout, size: int) -> dict[str, np.ndarray]:
+    """The arrays of `layout` over a map of the file; the map lives as long as they do."""
     with open(path, "r+b") as f:
         buf = mmap.mmap(f.fileno(), size)
-    arrays = {
+    return {
         name: np.ndarray(shape, np.dtype(dtype), buffer=buf, offset=offset)
         for name, (shape, dtype, offset) in layout.items()
     }
-    return buf, arrays
 
 
 class _ArraySource:
@@ -125,7 +125,6 @@ class RenderProcesses:
         self._key: tuple | None = None  # what the shared arrays were laid out for
         self._batch: mujoco.batch.Batch | None = None
         self._state: list[tuple[str, np.ndarray]] = []
-        self._buf: mmap.mmap | None = None
         self.arrays: dict[str, np.ndarray] = {}
 
     def _died(self, k: int) -> RuntimeError:
@@ -151,15 +150,16 @@ class RenderProcesses:
             raise RuntimeError(f"render process {self._procs[k].pid} failed:\n{value}")
         return value
 
-    def _setup(self, batch: mujoco.batch.Batch) -> None:
-        """(Re)lay out the shared arrays for this batch's size and expanded fields."""
+    def _setup(self, batch: mujoco.batch.Batch) -> dict[str, np.ndarray]:
+        """(Re)lay out the shared arrays for this batch's size and expanded fields; returns
+        those fields."""
         expanded = {f: v for f in RENDER_FIELDS if (v := batch.expanded(f)) is not None}
         if batch is not self._batch:
             self._batch = batch
             self._state = [(name, batch.bind(name)) for name in STATE_FIELDS]
         key = (batch.nsim, tuple((f, v.shape, v.dtype.str) for f, v in expanded.items()))
         if key == self._key:
-            return
+            return expanded
         if not self._ready:
             for k in range(len(self._conns)):
                 self._reply(k)  # built their GL context
@@ -176,7 +176,7 @@ class RenderProcesses:
         try:
             os.ftruncate(fd, size)
             os.close(fd)
-            self._buf, self.arrays = _map(path, layout, size)  # the old map goes with its arrays
+            self.arrays = _map(path, layout, size)  # the old map goes with its arrays
             for k in range(len(self._conns)):
                 self._send(k, ("arrays", (path, layout, size)))
             for k in range(len(self._conns)):
@@ -184,16 +184,15 @@ class RenderProcesses:
         finally:
             os.unlink(path)
         self._key = key
+        return expanded
 
     def submit(self, batch: mujoco.batch.Batch, ids: np.ndarray, shares: Sequence[slice]) -> None:
         """Copy the batch's state into shared memory and send child k the envs ids[shares[k]]."""
         if self._broken is not None:
             raise RuntimeError(f"{self._broken}; close this renderer and make a new one")
-        self._setup(batch)
-        for name, values in self._state:
+        expanded = self._setup(batch)
+        for name, values in [*self._state, *expanded.items()]:
             self.arrays[name][...] = values
-        for f in self.arrays.keys() & set(RENDER_FIELDS):
-            self.arrays[f][...] = batch.expanded(f)
         for k, s in enumerate(shares):
             self._send(k, ("render", (ids[s], s.start)))
 
@@ -223,7 +222,7 @@ class RenderProcesses:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        self._procs, self._conns, self.arrays, self._buf = [], [], {}, None
+        self._procs, self._conns, self.arrays = [], [], {}
 
 
 def _child_main(fd: int) -> None:
@@ -248,7 +247,7 @@ def _child_main(fd: int) -> None:
             kind, payload = msg
             try:
                 if kind == "arrays":
-                    _, arrays = _map(*payload)  # the old map goes with its arrays
+                    arrays = _map(*payload)  # the old map goes with its arrays
                     source = _ArraySource(arrays)
                 else:
                     ids, start = payload

@@ -70,9 +70,10 @@ class Task(abc.ABC):
 
     def stages(self) -> dict[str, torch.Tensor]:
         """The task's milestones on the way to success, in order, each (N,) bool: whether the
-        env is at that milestone now (for instance "grasped", "on_top"). Evaluation reports
-        the fraction of episodes that reach each at some step (`stage/<name>`), which shows
-        where a policy fails. Single-stage tasks have none."""
+        env is at that milestone now (for instance "lifted", "on_top"). An env with
+        `report_stages` (the evaluator's) returns them in info; evaluation reports the fraction
+        of episodes that reach each at some step (`stage/<name>`), which shows where a policy
+        fails. Single-stage tasks have none."""
         return {}
 
     def state(self) -> dict[str, torch.Tensor]:

@@ -68,8 +68,7 @@ class PickCube(Task):
         return torch.cat((pos, self.env.body_quat(self.cube), pos - self.env.tcp_pos), dim=1)
 
     def success(self) -> torch.Tensor:
-        pos = self.cube_pos()
-        return (pos[:, 2] - HALF >= LIFT) & ((pos - self.env.tcp_pos).norm(dim=1) < 2 * HALF)
+        return cube_held_up(self.env, self.cube_pos(), height=LIFT)
 
     def stages(self) -> dict[str, torch.Tensor]:
         """lifted: the cube 1 cm off the table at the TCP (success is 6 cm)."""
