@@ -137,8 +137,8 @@ def test_sft_trains_checkpoints_and_reloads_a_vla(kind, reach_demos, tmp_path):
 # --task PickCube --episodes 100`) -------------------------------------------------------------
 
 # held-out success each recipe reached (eval.json of one seed), minus a margin for run-to-run noise;
-# the AR VLA does not solve PickCube yet (its test only checks that the recipe runs end to end)
-REACHED = {"sft_pickcube_ar_vla": 0.02, "sft_pickcube_flow_vla": 0.77}
+# the AR VLA does not solve PickCube yet (its floor is 2%: the recipe runs end to end)
+REACHED = {"sft_pickcube_ar_vla": 0.17, "sft_pickcube_flow_vla": 0.77}
 MARGIN = 0.15
 
 
