@@ -89,9 +89,14 @@ def test_sft_trains_checkpoints_and_reloads_a_vla(kind, reach_demos, tmp_path):
     obs, actions, _ = data.batch(torch.arange(len(data)), policy.chunk_size)
 
     def loss() -> float:
+        """The supervised loss above its floor: for soft (HL-Gauss) bin targets the KL to them."""
         torch.manual_seed(0)  # the flow loss draws times and noise
         with torch.no_grad():
-            return float(policy.supervised_loss(obs, actions)[0])
+            value = policy.supervised_loss(obs, actions)[0]
+            if kind == "ar_vla" and policy.config.label_sigma_bins > 0:
+                soft = policy.gaussian_bin_targets(actions.flatten(1), policy.config.label_sigma_bins)
+                value = value - torch.special.entr(soft).sum(-1).mean()
+            return float(value)
 
     before = loss()
     final = trainer.train()
