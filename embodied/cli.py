@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -100,22 +101,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from embodied.config import load_config
     from embodied.evaluate import evaluate_policy
     from embodied.runner.checkpoint import latest_checkpoint
-    from embodied.runner.trainer import TrainConfig
-    from policies.base import Policy
+    from embodied.runner.trainer import TrainConfig, load_policy
 
     run_dir = Path(args.run_dir)
     checkpoint = run_dir / "checkpoints" / args.checkpoint if args.checkpoint else latest_checkpoint(run_dir)
     if not (checkpoint / "policy").is_dir():
         available = sorted(p.name for p in (run_dir / "checkpoints").glob("iter_*"))
         raise SystemExit(f"{checkpoint} holds no policy; checkpoints of {run_dir}: {', '.join(available) or 'none'}.")
-    cfg = load_config(TrainConfig, run_dir / "config.yaml")
+    cfg = load_config(TrainConfig, run_dir / "config.yaml", args.overrides)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    policy = Policy.from_pretrained(checkpoint / "policy")
+    policy = load_policy(checkpoint / "policy", cfg.policy)
     video = run_dir / "videos" / f"eval_{checkpoint.name}_seed{args.seed}.mp4" if args.video else None
     result = evaluate_policy(policy, cfg.env, args.episodes, args.seed, video_path=video)
-    result["checkpoint"] = str(checkpoint)
-    out = run_dir / f"eval_{checkpoint.name}_seed{args.seed}.json"
+    result |= {"checkpoint": str(checkpoint), "overrides": list(args.overrides)}
+    suffix = "".join(f"_{re.sub(r'[^A-Za-z0-9._=-]+', '-', o)}" for o in args.overrides)
+    out = run_dir / f"eval_{checkpoint.name}_seed{args.seed}{suffix}.json"
     out.write_text(json.dumps(result, indent=2))
     low, high = result["success_ci95"]
     stages = ", ".join(f"{k[len('stage/'):]} {v:.0%}" for k, v in result.items() if k.startswith("stage/"))
@@ -232,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=2_000_000)
     p.add_argument("--video", action="store_true")
+    p.add_argument("overrides", nargs="*",
+                   help="dotted overrides of the run's config, e.g. policy.decoding=expected policy.temperature=0.5")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("lift", help="the SFT-to-RL story: demos -> SFT (S0) -> RL (S1) -> report (configs/lift_*.yaml)")
@@ -275,7 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # dotted overrides given after options (`eval RUN --episodes 10 policy.decoding=expected`)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:  # bad input: one clear line

@@ -112,9 +112,11 @@ def sft_provenance(cfg: LiftConfig, sft_cfg: TrainConfig) -> dict[str, int | Non
 
 def evaluate_checkpoint(cfg: LiftConfig, common: list[str], out: Path) -> tuple[dict, TrainConfig, int, str]:
     """S0 of an existing SFT policy: evaluated as the RL run's final evaluation will be (its
-    env, held-out seed and episode count). Its run's config, when found, says how it was trained."""
+    env, held-out seed and episode count, and the RL recipe's runtime policy fields, such as the
+    AR VLA's `decoding`, the way the RL run loads it). Its run's config, when found, says how it
+    was trained."""
     from embodied.evaluate import evaluate_policy
-    from policies.base import Policy
+    from embodied.runner.trainer import load_policy
 
     checkpoint = Path(cfg.sft_checkpoint)
     rl_cfg = load_config(TrainConfig, cfg.rl, [*cfg.rl_overrides, *common])
@@ -124,7 +126,7 @@ def evaluate_checkpoint(cfg: LiftConfig, common: list[str], out: Path) -> tuple[
         torch.set_num_threads(rl_cfg.torch_threads)
     print(f"[lift] S0: evaluating {checkpoint} ({cfg.eval_episodes} episodes)", flush=True)
     (out / "sft").mkdir(parents=True, exist_ok=True)
-    s0 = evaluate_policy(Policy.from_pretrained(checkpoint), rl_cfg.env, cfg.eval_episodes, rl_cfg.eval.seed,
+    s0 = evaluate_policy(load_policy(checkpoint, rl_cfg.policy), rl_cfg.env, cfg.eval_episodes, rl_cfg.eval.seed,
                          rl_cfg.eval.deterministic, video_path=out / "sft" / "videos" / "eval_s0.mp4")
     (out / "sft" / "eval.json").write_text(json.dumps(s0 | {"checkpoint": str(checkpoint)}, indent=2))
     return s0, sft_cfg, 0, str(checkpoint)

@@ -119,5 +119,8 @@ def test_eval_cli_evaluates_a_named_checkpoint_and_names_the_available_ones(tmp_
     assert main(["eval", run, "--checkpoint", "iter_000001", "--episodes", "4", "--seed", "5"]) == 0
     result = json.loads((trainer.run_dir / "eval_iter_000001_seed5.json").read_text())
     assert result["checkpoint"].endswith("iter_000001") and result["episodes"] == 4
+    assert main(["eval", run, "--episodes", "4", "--seed", "5", "env.terminate_on_success=false"]) == 0
+    named = trainer.run_dir / "eval_iter_000002_seed5_env.terminate_on_success=false.json"
+    assert json.loads(named.read_text())["overrides"] == ["env.terminate_on_success=false"]
     with pytest.raises(SystemExit, match="iter_000001, iter_000002"):
         main(["eval", run, "--checkpoint", "iter_7"])

@@ -118,10 +118,11 @@ def test_recorded_log_prob_equals_recomputation(rgb_obs, temperature):
     assert (policy.evaluate(rgb_obs, out.action, {})[0] - out.log_prob).abs().max() <= 1e-4
 
 
-def test_static_decoder_matches_the_lm_forward_with_a_cache(rgb_obs):
+@pytest.mark.parametrize("decoding", ["argmax", "expected"])
+def test_static_decoder_matches_the_lm_forward_with_a_cache(rgb_obs, decoding):
     obs = {k: v[:2] for k, v in rgb_obs.items()}
     policy = sharpened(
-        make_policy(ARVLAConfig(chunk_size=2, vlm=VLMConfig(lm_arch="qwen2")), obs, 7)
+        make_policy(ARVLAConfig(chunk_size=2, decoding=decoding, vlm=VLMConfig(lm_arch="qwen2")), obs, 7)
     )
     assert policy.decoder == "static"
     outputs = {}
@@ -135,6 +136,42 @@ def test_static_decoder_matches_the_lm_forward_with_a_cache(rgb_obs):
             static.extras["token_log_prob"] - reference.extras["token_log_prob"]
         ).abs().max() <= 1e-4
         torch.testing.assert_close(static.value, reference.value)
+
+
+def test_expected_decoding_picks_the_bin_nearest_the_mean(rgb_obs):
+    """Two equal peaks at the ends of the range: argmax takes the first, the expected readout the
+    middle bin. In a decoded chunk every token is the bin nearest the mean of its distribution
+    given the tokens before it (recomputed by one teacher-forced pass), at the policy's temperature."""
+    policy = sharpened(make_policy(ARVLAConfig(chunk_size=2, n_bins=32, decoding="expected", temperature=0.5),
+                                   rgb_obs, 7), scale=3.0)
+    two_peaks = torch.full((1, 32), -30.0)
+    two_peaks[0, [1, 31]] = 0.0  # actions -1 + 1/31 and 1 - 1/31
+    assert policy._choose(two_peaks, None).item() == 16 and policy.bin_values[16].abs() < 1e-6
+    policy.config.decoding = "argmax"
+    assert policy._choose(two_peaks, None).item() == 1
+    policy.config.decoding = "expected"
+
+    out = policy.act(rgb_obs, deterministic=True)
+    logits, _ = policy.teacher_forced(rgb_obs, out.extras["tokens"])
+    mean = torch.softmax(logits / 0.5, dim=-1) @ policy.bin_values  # (N, T*A)
+    nearest = (mean[..., None] - policy.bin_values).abs().argmin(-1)
+    assert torch.equal(policy.action_tokenizer.index(out.extras["tokens"]), nearest)
+    assert not torch.equal(nearest, logits.argmax(-1))  # a readout that differs from greedy here
+    torch.testing.assert_close(out.action.flatten(1), policy.bin_values[nearest])
+
+
+def test_a_recipe_sets_how_a_saved_policy_decodes(tmp_path, rgb_obs):
+    """load_policy (init_from, `embodied eval` overrides, a lift's S0) takes the architecture
+    from the folder and the runtime fields (temperature, decoding) from the recipe."""
+    from embodied.runner.trainer import load_policy
+
+    policy = make_policy(ARVLAConfig(chunk_size=2, n_bins=32), rgb_obs, 7)
+    policy.save_pretrained(tmp_path / "vla")
+    loaded = load_policy(tmp_path / "vla", ARVLAConfig(chunk_size=4, n_bins=64, temperature=0.5, decoding="expected"))
+    assert (loaded.config.chunk_size, loaded.config.n_bins) == (2, 32)
+    assert (loaded.config.temperature, loaded.config.decoding) == (0.5, "expected")
+    with pytest.raises(ValueError, match="decoding"):
+        make_policy(ARVLAConfig(decoding="mean"), rgb_obs, 7)
 
 
 def test_save_load_gives_identical_outputs(tmp_path, rgb_obs):

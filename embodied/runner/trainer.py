@@ -98,6 +98,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def load_policy(path: str | Path, policy_cfg: Any) -> Policy:
+    """The policy saved at `path`: its architecture from the folder, how it samples (temperature,
+    noise, deterministic readout) and its adapters (LoRA) from `policy_cfg`, a recipe's `policy`."""
+    policy_cls = POLICIES[policy_cfg.kind]
+    fields = {f: getattr(policy_cfg, f) for f in (*policy_cls.runtime_fields, *policy_cls.adapter_fields)}
+    return Policy.from_pretrained(path, overrides=fields)
+
+
 class Trainer:
     """Builds env, policy and algorithm from a TrainConfig and runs the loop."""
 
@@ -135,11 +143,7 @@ class Trainer:
         saved_kind = json.loads((path / "config.json").read_text()).get("kind") if (path / "config.json").is_file() else None
         if saved_kind is not None and saved_kind != cfg.policy.kind:
             raise ValueError(f"init_from {cfg.init_from} holds a {saved_kind!r} policy; this config asks for {cfg.policy.kind!r}.")
-        # the architecture comes from the saved policy; how it samples (temperature, noise) and
-        # its adapters (LoRA) from this config
-        policy_cls = POLICIES[cfg.policy.kind]
-        fields = {f: getattr(cfg.policy, f) for f in (*policy_cls.runtime_fields, *policy_cls.adapter_fields)}
-        policy = Policy.from_pretrained(path, overrides=fields)
+        policy = load_policy(path, cfg.policy)
         if policy.chunk_size and getattr(policy.config, "action_dim", self.env.action_dim) != self.env.action_dim:
             raise ValueError(f"init_from {cfg.init_from} emits {policy.config.action_dim}-dim actions; the env takes {self.env.action_dim}.")
         return policy

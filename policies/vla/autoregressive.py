@@ -10,7 +10,13 @@ convention: `action_tokenizer.py`). Decoding samples only among those ids, at `t
 
     pi(a_k | prefix, a_<k) = softmax(W_act h_k / temperature)      W_act: the lm_head rows of the 256 ids
 
-and the log-prob of a chunk is the sum of its T*A token log-probs (`evaluate_elements` keeps
+A deterministic decision (`act(deterministic=True)`) reads each token out of that same
+distribution by `decoding`: "argmax" (OpenVLA's greedy decoding) or "expected", the bin nearest
+the distribution's mean, sum_b pi(b) c_b over the bin centres c_b (the regression readout of a
+histogram loss such as HL-Gauss, whose targets spread over neighbouring bins); the chosen token
+is fed back as the next step's input either way.
+
+The log-prob of a chunk is the sum of its T*A token log-probs (`evaluate_elements` keeps
 them per token, (N, T, A), for per-token and per-action credit in RL). The value head reads h_0, the last hidden state before
 the action tokens (the one that predicts the first of them).
 
@@ -61,6 +67,7 @@ class ARVLAConfig(PolicyConfig):
     lora_rank: int = 0  # > 0: LoRA adapters on the backbone, which is then frozen (RL fine-tuning)
     lora_alpha: float = 16.0
     temperature: float = 1.0  # of the sampling distribution (and of the recorded log-probs)
+    decoding: str = "argmax"  # deterministic readout of each token: "argmax" or "expected" (the mean's bin)
     value_hidden_sizes: tuple[int, ...] = (64,)
     n_bins: int = 256
     # SFT targets: 0 = one-hot bins (OpenVLA); > 0 = a Gaussian of this std, in bin widths, around
@@ -87,7 +94,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
     kind = "ar_vla"
     config_class = ARVLAConfig
     backbone_name = "backbone"
-    runtime_fields = ("temperature", "detach_critic")
+    runtime_fields = ("temperature", "decoding", "detach_critic")
 
     def __init__(self, config: ARVLAConfig, tokenizer: PreTrainedTokenizerFast | None = None):
         super().__init__(config)
@@ -101,6 +108,8 @@ class ARVLAPolicy(VLAStateInputs, Policy):
             raise ValueError(
                 f"Need chunk_size >= 1, temperature > 0 and n_bins >= 2; got {config}."
             )
+        if config.decoding not in ("argmax", "expected"):
+            raise ValueError(f"decoding must be 'argmax' or 'expected', got {config.decoding!r}.")
         tokenizer = tokenizer or train_tokenizer(task_instructions(), config.vlm.text_vocab_size)
         extra = config.n_bins if not config.lm_vocab_size else config.lm_vocab_size - len(tokenizer)
         if extra < 0:
@@ -117,6 +126,9 @@ class ARVLAPolicy(VLAStateInputs, Policy):
             )
         self.action_tokenizer = ActionTokenizer(end, config.n_bins)
         self.register_buffer("bin_centres", self.action_tokenizer.centres.clone(), persistent=False)
+        # the action each of the n_bins action ids decodes to, by its position among them
+        self.register_buffer("bin_values", self.action_tokenizer.decode(self.action_tokenizer.token(
+            torch.arange(config.n_bins))), persistent=False)
         self.value_head = mlp(
             [config.vlm.hidden, *config.value_hidden_sizes, 1], "tanh", out_gain=1.0
         )
@@ -228,12 +240,21 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         """Bin index (N,) and its log-prob (N,) under the tempered, restricted distribution."""
         logits = self.action_logits(hidden) / self.config.temperature
         log_probs = torch.log_softmax(logits.float(), dim=-1)
-        if deterministic:
-            index = log_probs.argmax(-1)
-        else:  # Gumbel-max: argmax(log p + Gumbel noise) ~ Categorical(p)
+        noise = None
+        if not deterministic:  # Gumbel-max: argmax(log p + Gumbel noise) ~ Categorical(p)
             noise = -torch.log(-torch.log(torch.rand_like(log_probs).clamp_min(1e-20)))
-            index = (log_probs + noise).argmax(-1)
+        index = self._choose(log_probs, noise)
         return index, log_probs.gather(-1, index[:, None])[:, 0]
+
+    def _choose(self, logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """Bin index (N,) from tempered logits (N, n_bins): a sample when Gumbel `noise` is
+        given, else the deterministic readout that `decoding` names."""
+        if noise is not None:
+            return (logits + noise).argmax(-1)
+        if self.config.decoding == "argmax":
+            return logits.argmax(-1)
+        mean = torch.softmax(logits.float(), dim=-1) @ self.bin_values
+        return (mean[:, None] - self.bin_values).abs().argmin(-1)
 
     @torch.no_grad()
     def act(self, obs: dict[str, Any], deterministic: bool = False) -> PolicyOutput:
@@ -394,7 +415,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
             uniform = torch.rand(steps, n, self.config.n_bins, device=device).clamp_min_(1e-20)
             noise = -torch.log(-torch.log(uniform))
         logits = [F.linear(hidden, head_weight, head_bias)]
-        index = logits[0].argmax(-1) if noise is None else (logits[0] + noise[0]).argmax(-1)
+        index = self._choose(logits[0], None if noise is None else noise[0])
         indices = [index]
         for step in range(steps - 1):
             slot = length + step
@@ -407,11 +428,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
                 x[:, 0], x.shape[-1:], model.norm.weight, model.norm.variance_epsilon
             )
             logits.append(F.linear(hidden, head_weight, head_bias))
-            index = (
-                logits[-1].argmax(-1)
-                if noise is None
-                else (logits[-1] + noise[step + 1]).argmax(-1)
-            )
+            index = self._choose(logits[-1], None if noise is None else noise[step + 1])
             indices.append(index)
         indices = torch.stack(indices, 1)
         log_probs = torch.log_softmax(torch.stack(logits, 1).float(), dim=-1)
