@@ -18,6 +18,11 @@ def percent(value: float, ci: list[float] | None = None) -> str:
     return f"{text} ({100 * ci[0]:.0f}-{100 * ci[1]:.0f})" if ci else text
 
 
+def readout(run: dict) -> str:
+    """How S0 and S1 decode the AR VLA's tokens, when not by argmax."""
+    return f" ({run['readout']} readout)" if run.get("readout") not in (None, "argmax") else ""
+
+
 def table(data: dict) -> str:
     rows = [
         "| model | task | RL | S0: SFT (95% CI) | S1: after RL (95% CI) | lift | RL env steps | RL wall s | command |",
@@ -26,7 +31,7 @@ def table(data: dict) -> str:
     for key in sorted(data["runs"]):
         r = data["runs"][key]
         rows.append(
-            f"| {MODELS.get(r['model'], r['model'])} | {r['task']} | {r['algorithm'].upper()} | "
+            f"| {MODELS.get(r['model'], r['model'])} | {r['task']} | {r['algorithm'].upper()}{readout(r)} | "
             f"{percent(r['S0'], r.get('S0_ci95'))} | {percent(r['S1'], r.get('S1_ci95'))} | "
             f"{r['lift_points']:+.0f} | {r['rl_env_steps']:,} | {r['rl_wall_s']:.0f} | `{r['command']}` |"
         )

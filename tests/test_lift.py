@@ -81,3 +81,20 @@ def test_every_lift_recipe_and_the_recipes_it_names_load():
             assert sft.algo.name == "sft" and sft.policy.kind == rl.policy.kind and sft.env.task == rl.env.task, path
         else:
             assert lift.sft_checkpoint, path
+
+
+def test_results_keep_the_ar_readouts_apart(tmp_path):
+    """An AR lift read out by the expected readout is its own row beside the argmax one."""
+    from benchmarks.vla_rl_lift_table import table
+    from embodied.lift import merge_result
+
+    path = tmp_path / "results.json"
+    run = {"model": "ar_vla", "task": "PickCube", "algorithm": "ppo", "S0": 0.17, "S1": 0.58, "lift_points": 41.0,
+           "rl_env_steps": 300, "rl_wall_s": 1.0, "command": "c"}
+    merge_result(path, run | {"readout": "argmax"})
+    merge_result(path, run | {"readout": "expected", "S0": 0.33})
+    merge_result(path, run | {"model": "flow_vla", "readout": None})
+    runs = json.loads(path.read_text())["runs"]
+    assert sorted(runs) == ["ar_vla/PickCube/ppo", "ar_vla/PickCube/ppo/expected", "flow_vla/PickCube/ppo"]
+    rows = table(json.loads(path.read_text())).splitlines()[2:]
+    assert [r.split(" | ")[2] for r in rows] == ["PPO", "PPO (expected readout)", "PPO"]

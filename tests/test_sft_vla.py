@@ -141,9 +141,9 @@ def test_sft_trains_checkpoints_and_reloads_a_vla(kind, reach_demos, tmp_path):
 # ---- the README's PickCube SFT results (record data/PickCube first: `uv run embodied record
 # --task PickCube --episodes 100`) -------------------------------------------------------------
 
-# held-out success each recipe reached (eval.json of one seed), minus a margin for run-to-run noise;
-# the AR VLA does not solve PickCube yet (its floor is 2%: the recipe runs end to end)
-REACHED = {"sft_pickcube_ar_vla": 0.17, "sft_pickcube_flow_vla": 0.77}
+# held-out success each recipe reached (eval.json of one seed), minus a margin for run-to-run noise
+# (the AR VLA's with its recipe's expected readout; argmax decoding of that checkpoint: 17%)
+REACHED = {"sft_pickcube_ar_vla": 0.40, "sft_pickcube_flow_vla": 0.77}
 MARGIN = 0.15
 
 
