@@ -125,7 +125,6 @@ class ARVLAPolicy(VLAStateInputs, Policy):
                 f"Action ids [{end - config.n_bins}, {end}) fall outside the LM vocabulary ({self.backbone.vocab_size})."
             )
         self.action_tokenizer = ActionTokenizer(end, config.n_bins)
-        self.register_buffer("bin_centres", self.action_tokenizer.centres.clone(), persistent=False)
         # the action each of the n_bins action ids decodes to, by its position among them
         self.register_buffer("bin_values", self.action_tokenizer.decode(self.action_tokenizer.token(
             torch.arange(config.n_bins))), persistent=False)
@@ -263,9 +262,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         index, token_log_prob, hidden = decode(prefix, deterministic)
         tokens = self.action_tokenizer.token(index)
         n = tokens.shape[0]
-        action = self.bin_centres[
-            (self.action_tokenizer.end - tokens - 1).clamp(0, self.config.n_bins - 2)
-        ]
+        action = self.bin_values[index]
         return PolicyOutput(
             action=action.view(n, self.config.chunk_size, self.config.action_dim),
             log_prob=token_log_prob.sum(-1),
@@ -283,8 +280,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
                                                                          prefix.position_ids)))
         decode = self._decode_static if self.decoder == "static" else self._decode_hf
         index, _, _ = decode(prefix, False)
-        tokens = self.action_tokenizer.token(index)
-        action = self.bin_centres[(self.action_tokenizer.end - tokens - 1).clamp(0, self.config.n_bins - 2)]
+        action = self.bin_values[index]
         return action.view(-1, samples, self.config.chunk_size, self.config.action_dim)
 
     def _prefill(self, prefix: Prefix) -> tuple[torch.Tensor, DynamicCache]:
@@ -576,16 +572,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         with torch.no_grad():
             predicted = logits.argmax(-1)
             accuracy = (predicted == target).float().mean()
-            error = (
-                (
-                    self.bin_centres[
-                        (self.config.n_bins - 1 - predicted).clamp(0, self.config.n_bins - 2)
-                    ]
-                    - actions.flatten(1)
-                )
-                .abs()
-                .mean()
-            )
+            error = (self.bin_values[predicted] - actions.flatten(1)).abs().mean()
         return loss, {
             "token_ce": loss.item(),
             "token_accuracy": accuracy.item(),
