@@ -111,7 +111,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     cfg = load_config(TrainConfig, run_dir / "config.yaml", args.overrides)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    policy = load_policy(checkpoint / "policy", cfg.policy)
+    policy = load_policy(checkpoint / "policy", cfg.policy, adapters=False)
     video = run_dir / "videos" / f"eval_{checkpoint.name}_seed{args.seed}.mp4" if args.video else None
     result = evaluate_policy(policy, cfg.env, args.episodes, args.seed, video_path=video)
     result |= {"checkpoint": str(checkpoint), "overrides": list(args.overrides)}

@@ -127,7 +127,7 @@ def evaluate_checkpoint(cfg: LiftConfig, common: list[str], out: Path) -> tuple[
         torch.set_num_threads(rl_cfg.torch_threads)
     print(f"[lift] S0: evaluating {checkpoint} ({cfg.eval_episodes} episodes)", flush=True)
     (out / "sft").mkdir(parents=True, exist_ok=True)
-    s0 = evaluate_policy(load_policy(checkpoint, rl_cfg.policy), rl_cfg.env, cfg.eval_episodes, rl_cfg.eval.seed,
+    s0 = evaluate_policy(load_policy(checkpoint, rl_cfg.policy, adapters=False), rl_cfg.env, cfg.eval_episodes, rl_cfg.eval.seed,
                          rl_cfg.eval.deterministic, video_path=out / "sft" / "videos" / "eval_s0.mp4")
     (out / "sft" / "eval.json").write_text(json.dumps(s0 | {"checkpoint": str(checkpoint)}, indent=2))
     return s0, sft_cfg, 0, str(checkpoint)

@@ -2,6 +2,8 @@
 level, GRPO's group rollouts keep the instructions, and a saved VLA's sampling settings can be
 changed for RL."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +12,10 @@ import sims
 from embodied.algos.grpo import GRPO, GRPOConfig
 from embodied.algos.ppo import PPO, PPOConfig
 from embodied.runner.rollout import EpisodeTracker, select_obs, stack_obs
-from policies import make_policy
+from embodied.runner.trainer import load_policy
+from policies import make_policy, observed_sizes
 from policies.base import Policy
+from policies.mlp import flat_observation
 from policies.vla.autoregressive import ARVLAConfig
 from policies.vla.backbone import VLMConfig
 from policies.vla.flow import FlowVLAConfig
@@ -166,3 +170,30 @@ def test_a_separate_state_critic_is_added_to_a_saved_vla_and_trains_alone(tmp_pa
     torch.testing.assert_close(again.value(reach_obs), vla.value(reach_obs))
     with pytest.raises(ValueError, match="policy.critic"):
         Policy.from_pretrained(tmp_path / "base", overrides={"critic": "separate"})
+
+
+@pytest.mark.parametrize("kind", ["ar_vla", "flow_vla"])
+def test_an_asymmetric_critic_reads_privileged_state_the_actor_never_sees(tmp_path, reach_obs, kind):
+    policy = tiny_vla(kind, reach_obs)  # the actor reads images, the instruction and observation.state
+    policy.save_pretrained(tmp_path / "base")
+    keys = ("observation.state", "observation.environment_state")
+    recipe = dataclasses.replace(policy.config, critic="state", critic_keys=keys, critic_dim=0)
+    vla = load_policy(tmp_path / "base", observed_sizes(recipe, reach_obs, 7))
+    assert vla.config.critic_dim == flat_observation(reach_obs, keys).shape[1]
+    vla.observe(reach_obs)  # a training rollout's batch sets the critic's running statistics
+    torch.testing.assert_close(vla.critic_inputs(reach_obs).mean(0), torch.zeros(vla.config.critic_dim), atol=1e-3, rtol=0)
+    with torch.no_grad():
+        out = vla.act(reach_obs)
+        goal_moved = {**reach_obs, "observation.environment_state": reach_obs["observation.environment_state"] + 0.1}
+        log_prob, _, value = vla.evaluate(reach_obs, out.action, out.extras)
+        log_prob_moved, _, value_moved = vla.evaluate(goal_moved, out.action, out.extras)
+    torch.testing.assert_close(log_prob_moved, log_prob)
+    assert not torch.allclose(value_moved, value)
+    vla.save_pretrained(tmp_path / "critic")
+    again = Policy.from_pretrained(tmp_path / "critic")
+    torch.testing.assert_close(again.value(reach_obs), vla.value(reach_obs))
+    assert not hasattr(load_policy(tmp_path / "base", recipe, adapters=False), "state_critic")  # evaluation
+    with pytest.raises(ValueError, match="cannot change"):
+        Policy.from_pretrained(tmp_path / "critic", overrides={"critic": "state", "critic_keys": ("observation.state",), "critic_dim": 3})
+    with pytest.raises(ValueError, match="critic_dim"):
+        Policy.from_pretrained(tmp_path / "base", overrides={"critic": "state", "critic_keys": keys})

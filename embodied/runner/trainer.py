@@ -21,7 +21,7 @@ from embodied.runner.checkpoint import latest_checkpoint, save_checkpoint
 from embodied.runner.logger import LogConfig, Logger
 from embodied.runner.rollout import EpisodeTracker
 from embodied.runner.stages import StagedEnv
-from policies import MLPPolicyConfig, make_policy
+from policies import MLPPolicyConfig, make_policy, observed_sizes
 from policies.base import POLICIES, Policy, PolicyConfig
 from sims.core import EnvConfig
 
@@ -98,11 +98,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_policy(path: str | Path, policy_cfg: Any) -> Policy:
+def load_policy(path: str | Path, policy_cfg: Any, adapters: bool = True) -> Policy:
     """The policy saved at `path`: its architecture from the folder, how it samples (temperature,
-    noise, deterministic readout) and its adapters (LoRA) from `policy_cfg`, a recipe's `policy`."""
+    noise, deterministic readout) and, with `adapters` (training), its adapters (LoRA, a state
+    critic) from `policy_cfg`, a recipe's `policy`; an evaluation reads only the former."""
     policy_cls = POLICIES[policy_cfg.kind]
-    fields = {f: getattr(policy_cfg, f) for f in (*policy_cls.runtime_fields, *policy_cls.adapter_fields)}
+    names = (*policy_cls.runtime_fields, *(policy_cls.adapter_fields if adapters else ()))
+    fields = {f: getattr(policy_cfg, f) for f in names}
     return Policy.from_pretrained(path, overrides=fields)
 
 
@@ -143,7 +145,7 @@ class Trainer:
         saved_kind = json.loads((path / "config.json").read_text()).get("kind") if (path / "config.json").is_file() else None
         if saved_kind is not None and saved_kind != cfg.policy.kind:
             raise ValueError(f"init_from {cfg.init_from} holds a {saved_kind!r} policy; this config asks for {cfg.policy.kind!r}.")
-        policy = load_policy(path, cfg.policy)
+        policy = load_policy(path, observed_sizes(cfg.policy, self.obs, self.env.action_dim))
         if policy.chunk_size and getattr(policy.config, "action_dim", self.env.action_dim) != self.env.action_dim:
             raise ValueError(f"init_from {cfg.init_from} emits {policy.config.action_dim}-dim actions; the env takes {self.env.action_dim}.")
         return policy

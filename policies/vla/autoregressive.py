@@ -64,6 +64,8 @@ class ARVLAConfig(PolicyConfig):
     state_dim: int = 0  # filled from the observation when 0
     detach_critic: bool = False  # the value head learns on the backbone's features without changing them
     critic: str = "head"  # "head": value head on the backbone; "state": a separate MLP on the state features
+    critic_keys: tuple[str, ...] = ()  # the state critic's inputs when not state_keys (may be privileged)
+    critic_dim: int = 0  # filled from the env when critic_keys are given
     lora_rank: int = 0  # > 0: LoRA adapters on the backbone, which is then frozen (RL fine-tuning)
     lora_alpha: float = 16.0
     temperature: float = 1.0  # of the sampling distribution (and of the recorded log-probs)
@@ -137,7 +139,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         self.decoder: Literal["static", "hf"] = (
             "static" if self._static_decoding_supported() else "hf"
         )
-        self.add_adapters(config.lora_rank, config.lora_alpha, config.critic)
+        self.add_adapters(config.lora_rank, config.lora_alpha, config.critic, config.critic_keys, config.critic_dim)
 
     # ---- save / load -------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from transformers import (
 
 from policies.base import FeatureSpec
 from policies.mlp import concat_statistics, flat_observation, mlp
+from policies.normalizer import RunningNormalizer
 
 TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
@@ -268,14 +269,15 @@ class VLAStateInputs:
     statistics (buffers `state_mean`, `state_std` on the policy), the features they read,
     declared from the config (`vlm`, `state_keys`, `state_dim`, `action_dim`, `chunk_size`),
     optional LoRA adapters on the vision-language backbone (`lora_rank`, `lora_alpha`), and the
-    critic: a value head on the backbone's features or a separate MLP on the state (`critic`)."""
+    critic: a value head on the backbone's features or a separate MLP on the state (`critic`),
+    which may read privileged simulator state the actor never sees (`critic_keys`)."""
 
     config: Any
     state_mean: torch.Tensor
     state_std: torch.Tensor
     value_head: nn.Module
     backbone_name: ClassVar[str]  # the attribute holding the VisionLanguagePrefix
-    adapter_fields = ("lora_rank", "lora_alpha", "critic")
+    adapter_fields = ("lora_rank", "lora_alpha", "critic", "critic_keys", "critic_dim")
 
     def normalized_state(self, obs: dict[str, Any]) -> torch.Tensor | None:
         """(N, state_dim) state features normalised by the frozen statistics, or None without
@@ -292,9 +294,10 @@ class VLAStateInputs:
     def critic_value(self, features: torch.Tensor, obs: dict[str, Any]) -> torch.Tensor:
         """(N,) state value: the value head on (N, H) backbone features (with `detach_critic`
         the value loss trains the head only and leaves the backbone, which the actor reads,
-        alone), or with `critic: state` a separate MLP on the normalised state features."""
+        alone), or with `critic: state` a separate MLP on the normalised state features (the
+        `critic_keys` under running statistics when given, else the actor's `state_keys`)."""
         if self.config.critic == "state":
-            return self.state_critic(self.normalized_state(obs))[:, 0]
+            return self.state_critic(self.critic_inputs(obs))[:, 0]
         if self.config.detach_critic:
             features = features.detach()
         return self.value_head(features)[:, 0]
@@ -303,17 +306,52 @@ class VLAStateInputs:
         """The vision-language backbone's trainable parameters (its LoRA adapters when enabled)."""
         return [p for p in getattr(self, self.backbone_name).parameters() if p.requires_grad]
 
-    def add_adapters(self, lora_rank: int = 0, lora_alpha: float = 16.0, critic: str = "head") -> None:
-        """LoRA on the backbone (rank 0: none) and a separate state critic (`critic: state`).
+    def critic_inputs(self, obs: dict[str, Any]) -> torch.Tensor:
+        """(N, D) what the state critic reads: the `critic_keys` normalised by running statistics
+        (`observe` updates them in training rollouts), or the actor's normalised state."""
+        if not self.config.critic_keys:
+            return self.normalized_state(obs)
+        inputs = flat_observation(obs, self.config.critic_keys)
+        if inputs.shape[1] != self.config.critic_dim:
+            raise ValueError(
+                f"Critic features {self.config.critic_keys} have {inputs.shape[1]} values; this critic was built for {self.config.critic_dim}."
+            )
+        return self.critic_normalizer(inputs)
+
+    def observe(self, obs: dict[str, Any]) -> None:
+        """Fold a training rollout's critic features into the critic's running statistics."""
+        if self.config.critic == "state" and self.config.critic_keys:
+            self.critic_normalizer.update(flat_observation(obs, self.config.critic_keys))
+
+    def add_adapters(
+        self, lora_rank: int = 0, lora_alpha: float = 16.0, critic: str = "head",
+        critic_keys: tuple[str, ...] = (), critic_dim: int = 0,
+    ) -> None:
+        """LoRA on the backbone (rank 0: none) and a separate state critic (`critic: state`) on
+        the actor's state or, asymmetric, on `critic_keys` (`critic_dim` values; privileged
+        simulator state such as object poses is allowed: only training reads the critic).
         Called at construction from the config, and by a run that fine-tunes a saved policy
         with `policy.lora_rank` > 0 or `policy.critic: state`."""
         if critic not in ("head", "state"):
             raise ValueError(f"policy.critic must be 'head' (the value head on the backbone) or 'state'; got {critic!r}.")
+        critic_keys = tuple(critic_keys)
+        if critic == "state" and hasattr(self, "state_critic") and critic_keys != tuple(self.config.critic_keys):
+            raise ValueError(
+                f"This policy's state critic reads {tuple(self.config.critic_keys) or self.config.state_keys}; "
+                f"cannot change it to {critic_keys or self.config.state_keys}."
+            )
         if critic == "state" and not hasattr(self, "state_critic"):
-            if not self.config.state_keys:
-                raise ValueError("policy.critic: state needs state_keys (the critic reads the state features).")
-            self.state_critic = mlp([self.state_mean.shape[0], 64, 64, 1], "tanh", out_gain=1.0)
-            self.config = dataclasses.replace(self.config, critic="state")
+            if critic_keys:
+                if critic_dim <= 0:
+                    raise ValueError(f"policy.critic_keys {critic_keys} need critic_dim (make_policy / the trainer fill it from the env).")
+                self.critic_normalizer = RunningNormalizer(critic_dim)
+                inputs = critic_dim
+            elif self.config.state_keys:
+                inputs = self.state_mean.shape[0]
+            else:
+                raise ValueError("policy.critic: state needs state_keys or critic_keys (the features the critic reads).")
+            self.state_critic = mlp([inputs, 64, 64, 1], "tanh", out_gain=1.0)
+            self.config = dataclasses.replace(self.config, critic="state", critic_keys=critic_keys, critic_dim=critic_dim)
         if lora_rank <= 0:
             return
         if getattr(self, "_lora_enabled", False):

@@ -91,6 +91,8 @@ class FlowVLAConfig(PolicyConfig):
     state_dim: int = 0  # filled from the env when 0 (no state token when state_keys is empty)
     detach_critic: bool = False  # the value head learns on the backbone's features without changing them
     critic: str = "head"  # "head": value head on the backbone; "state": a separate MLP on the state features
+    critic_keys: tuple[str, ...] = ()  # the state critic's inputs when not state_keys (may be privileged)
+    critic_dim: int = 0  # filled from the env when critic_keys are given
     lora_rank: int = 0  # > 0: LoRA adapters on the backbone, which is then frozen (RL fine-tuning)
     lora_alpha: float = 16.0
 
@@ -268,7 +270,7 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
             nn.Tanh(),
             nn.Linear(config.value_hidden, 1),
         )
-        self.add_adapters(config.lora_rank, config.lora_alpha, config.critic)
+        self.add_adapters(config.lora_rank, config.lora_alpha, config.critic, config.critic_keys, config.critic_dim)
 
     @staticmethod
     def _stochastic_steps(config: FlowVLAConfig) -> frozenset[int]:
