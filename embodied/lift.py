@@ -17,12 +17,13 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from embodied.config import load_config, save_config
+from embodied.config import apply_override, from_dict, load_config, save_config
 from embodied.runner.trainer import TrainConfig, Trainer
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "vla_rl_lift.json"
@@ -38,6 +39,7 @@ class LiftConfig:
     rl_overrides: tuple[str, ...] = ()
     demos: int = 10  # expert episodes SFT learns from (few-shot)
     record_episodes: int = 0  # episodes to record when the dataset is missing; 0: `demos`
+    record_overrides: tuple[str, ...] = ()  # of that recording (RecordConfig: noise=0.3, label=clean, hold_steps=5)
     eval_episodes: int = 100  # S0 and S1: the same held-out seeds and count
     seed: int = 0
     out: str = ""  # default: runs/<name>
@@ -65,7 +67,7 @@ def run_lift(cfg: LiftConfig, command: str = "") -> dict[str, Any]:
         sft_cfg = load_config(TrainConfig, cfg.sft, [*cfg.sft_overrides, *common, f"algo.episodes={cfg.demos}",
                                                      f"run_dir={out / 'sft'}", f"name={cfg.name}_sft"])
         dataset = Path(sft_cfg.algo.dataset)
-        recorded = ensure_demos(dataset, sft_cfg, cfg.record_episodes or cfg.demos, cfg.seed)
+        recorded = ensure_demos(dataset, sft_cfg, cfg.record_episodes or cfg.demos, cfg.seed, cfg.record_overrides)
         print(f"[lift] SFT on {cfg.demos} demos of {dataset} -> {out / 'sft'}", flush=True)
         s0 = Trainer(sft_cfg).train()
         init_from = str(out / "sft")
@@ -133,9 +135,10 @@ def evaluate_checkpoint(cfg: LiftConfig, common: list[str], out: Path) -> tuple[
     return s0, sft_cfg, 0, str(checkpoint)
 
 
-def ensure_demos(dataset: Path, sft_cfg: TrainConfig, episodes: int, seed: int) -> int:
-    """Record `episodes` expert demos into `dataset` when it does not exist; returns how many
-    were recorded (0 when the dataset was there)."""
+def ensure_demos(dataset: Path, sft_cfg: TrainConfig, episodes: int, seed: int, overrides: Sequence[str] = ()) -> int:
+    """Record `episodes` expert demos into `dataset` when it does not exist (`overrides` of
+    RecordConfig: DART noise, clean labels, steps held at the goal); returns how many were
+    recorded (0 when the dataset was there)."""
     if (dataset / "meta" / "info.json").is_file():
         return 0
     from embodied.data.record import RecordConfig, record
@@ -143,9 +146,12 @@ def ensure_demos(dataset: Path, sft_cfg: TrainConfig, episodes: int, seed: int) 
     vlm = getattr(sft_cfg.policy, "vlm", None)
     image_size = vlm.image_size[0] if vlm is not None else sft_cfg.env.render.width
     cameras = sft_cfg.env.cameras if sft_cfg.env.obs_mode != "state" else ("front",)
+    settings: dict[str, Any] = {"task": sft_cfg.env.task, "episodes": episodes, "root": str(dataset), "seed": seed,
+                                "cameras": list(cameras), "image_size": image_size}
+    for override in overrides:
+        apply_override(settings, override)
     print(f"[lift] recording {episodes} expert demos of {sft_cfg.env.task} -> {dataset}", flush=True)
-    record(RecordConfig(task=sft_cfg.env.task, episodes=episodes, root=str(dataset), seed=seed, cameras=tuple(cameras),
-                        image_size=image_size))
+    record(from_dict(RecordConfig, settings))
     return episodes
 
 

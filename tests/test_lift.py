@@ -3,6 +3,7 @@ checkpoint, evaluate on the same seeds, write the summary, the page and the resu
 
 import json
 
+import pandas as pd
 import yaml
 
 from embodied.cli import main
@@ -27,7 +28,7 @@ def test_lift_records_trains_both_stages_and_writes_its_results(tmp_path):
     (tmp_path / "sft.yaml").write_text(yaml.safe_dump(sft))
     (tmp_path / "rl.yaml").write_text(yaml.safe_dump(rl))
     lift = {"name": "tiny", "sft": str(tmp_path / "sft.yaml"), "rl": str(tmp_path / "rl.yaml"), "demos": 2,
-            "record_episodes": 3, "eval_episodes": 4, "out": str(tmp_path / "lift"),
+            "record_episodes": 3, "record_overrides": ["hold_steps=2"], "eval_episodes": 4, "out": str(tmp_path / "lift"),
             "results_file": str(tmp_path / "results.json")}
     (tmp_path / "lift.yaml").write_text(yaml.safe_dump(lift))
 
@@ -35,6 +36,9 @@ def test_lift_records_trains_both_stages_and_writes_its_results(tmp_path):
 
     summary = json.loads((tmp_path / "lift" / "lift.json").read_text())
     assert summary["recorded_demos"] == 3 and summary["demos"] == 2
+    frames = pd.concat(pd.read_parquet(f) for f in (tmp_path / "data" / "Reach" / "data").rglob("*.parquet"))
+    after_success = frames.groupby("episode_index")["next.success"].apply(lambda s: len(s) - 1 - int(s.to_numpy().argmax()))
+    assert after_success.tolist() == [2, 2, 2]  # the recording's override: 2 more steps after the first success
     assert summary["model"] == "mlp" and summary["task"] == "Reach" and summary["algorithm"] == "ppo"
     assert summary["rl_env_steps"] == 512 and summary["eval_episodes"] == 4
     s0 = json.loads((tmp_path / "lift" / "sft" / "eval.json").read_text())
