@@ -92,3 +92,25 @@ def test_ppo_updates_a_vla_with_its_instructions(kind):
     assert all(math.isfinite(v) for v in metrics.values())
     assert abs(metrics["approx_kl"]) < 1e-4, "one minibatch, before its step: evaluate recomputes act's log-probs"
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
+
+
+def test_anneal_lr_decays_every_learning_rate_linearly_over_the_budget():
+    import sims
+    from embodied.algos.ppo import PPO
+    from embodied.runner.rollout import EpisodeTracker
+    from policies import MLPPolicyConfig, make_policy
+
+    torch.manual_seed(0)
+    env = sims.make("Reach", num_envs=4, obs_mode="state")
+    obs = env.reset(seed=0)
+    policy = make_policy(MLPPolicyConfig(hidden_sizes=(16,)), obs, env.action_dim)
+    algo = PPO(policy, PPOConfig(lr=1e-3, critic_lr=1e-2, num_steps=4, update_epochs=1, num_minibatches=1, anneal_lr=True))
+    rollout, obs, next_value = algo.collect(env, obs, EpisodeTracker(4, env.device))
+    batch = algo.prepare(rollout, next_value)
+    for progress in (0.0, 0.25, 0.75):
+        algo.progress = progress  # the trainer's env steps / total_env_steps before the update
+        metrics = algo.update(batch, 0)
+        assert metrics["lr"] == pytest.approx(1e-3 * (1 - progress))
+        assert metrics["lr_critic"] == pytest.approx(1e-2 * (1 - progress))
+    with pytest.raises(ValueError, match="anneal_lr"):
+        PPO(policy, PPOConfig(anneal_lr=True, desired_kl=0.01))

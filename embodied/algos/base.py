@@ -45,6 +45,7 @@ class Algorithm(abc.ABC):
         self.cfg = cfg
         self.generator = torch.Generator().manual_seed(0)
         self.optimizer: torch.optim.Optimizer
+        self.progress = 0.0  # the fraction of the run's env-step budget spent before this update (the runner sets it)
 
     @property
     def acting_policy(self) -> torch.nn.Module:

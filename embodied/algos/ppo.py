@@ -56,7 +56,7 @@ class PPOConfig(AlgoConfig):
     norm_adv: bool = True
     target_kl: float | None = None  # stop the epochs when approx KL exceeds this
     desired_kl: float | None = None  # adapt the lr towards this KL (rsl_rl), None: fixed lr
-    anneal_lr: bool = False
+    anneal_lr: bool = False  # every learning rate decays linearly to 0 over total_env_steps (CleanRL)
     log_prob_level: str = "chunk"  # "chunk", "action" or "token": the unit of the ratio
     critic_warmup_iterations: int = 0  # iterations that train only the critic
     critic_lr: float | None = None  # learning rate of the critic's own parameters; None: lr
@@ -127,6 +127,9 @@ class PPO(Algorithm):
             raise ValueError(f"algo.log_prob_level {cfg.log_prob_level!r} is not one of {', '.join(LOG_PROB_LEVELS)}.")
         self.trainable = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(param_groups(policy, cfg.lr, cfg.head_lr, cfg.critic_lr), lr=cfg.lr, eps=1e-5)
+        if cfg.anneal_lr and cfg.desired_kl is not None:
+            raise ValueError("algo.anneal_lr and algo.desired_kl both set the learning rate; choose one.")
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
 
     def prepare(self, rollout: dict[str, Any], next_value: torch.Tensor) -> dict[str, Any]:
         """Add advantages and returns to a rollout of (S, N, ...) tensors; flatten to (S*N, ...)."""
@@ -151,6 +154,9 @@ class PPO(Algorithm):
         epochs = 0
         critic_only = iteration < cfg.critic_warmup_iterations
         critic = set(self.policy.critic_parameters()) if critic_only else set()
+        if cfg.anneal_lr:
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+                group["lr"] = base * max(1.0 - self.progress, 0.0)
         for _ in range(cfg.update_epochs):
             epochs += 1
             for idx in minibatches(total, size, self.generator):

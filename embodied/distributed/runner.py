@@ -179,7 +179,7 @@ class RayTrainer:
         parts, values = split_envs(rollout, n), split_envs(next_value, n)
         per_rank = ray.get(
             [
-                learner.update.remote(parts[i], values[i], self.normalizer)
+                learner.update.remote(parts[i], values[i], self.normalizer, self.env_steps / max(self.cfg.total_env_steps, 1))
                 for i, learner in enumerate(self.learners)
             ]
         )

@@ -321,12 +321,15 @@ class LearnerWorker:
         )
 
     def update(
-        self, rollout: dict[str, Any], next_value: torch.Tensor, normalizer: dict[str, torch.Tensor]
+        self, rollout: dict[str, Any], next_value: torch.Tensor, normalizer: dict[str, torch.Tensor],
+        progress: float = 0.0,
     ) -> dict[str, float]:
-        """One update on this rank's slice of the rollout; returns the algorithm's metrics and
-        ``env_steps`` (of this slice)."""
+        """One update on this rank's slice of the rollout (`progress`: the fraction of the run's
+        env-step budget spent before it); returns the algorithm's metrics and ``env_steps`` (of
+        this slice)."""
         load_normalizer_state(self.policy, normalizer)
         batch = self.algo.prepare(to_device(rollout, self.device), next_value.to(self.device))
+        self.algo.progress = progress
         metrics = self.algo.update(batch, self.iteration)
         self.iteration += 1
         metrics["env_steps"] = float(batch["env_steps"])

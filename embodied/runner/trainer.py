@@ -182,6 +182,7 @@ class Trainer:
                 rollout, self.obs, next_value = self.algo.collect(self.env, self.obs, self.tracker)
                 collect_seconds = time.perf_counter() - start
                 batch = self.algo.prepare(rollout, next_value)
+                self.algo.progress = self.env_steps / max(self.cfg.total_env_steps, 1)
                 metrics = self.algo.update(batch, self.iteration)
                 self.iteration += 1
                 steps = batch["env_steps"]
