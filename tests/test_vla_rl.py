@@ -195,5 +195,7 @@ def test_an_asymmetric_critic_reads_privileged_state_the_actor_never_sees(tmp_pa
     assert not hasattr(load_policy(tmp_path / "base", recipe, adapters=False), "state_critic")  # evaluation
     with pytest.raises(ValueError, match="cannot change"):
         Policy.from_pretrained(tmp_path / "critic", overrides={"critic": "state", "critic_keys": ("observation.state",), "critic_dim": 3})
+    with pytest.raises(ValueError, match="set policy.critic: state"):
+        Policy.from_pretrained(tmp_path / "base", overrides={"critic_keys": keys, "critic_dim": 31})
     with pytest.raises(ValueError, match="critic_dim"):
         Policy.from_pretrained(tmp_path / "base", overrides={"critic": "state", "critic_keys": keys})

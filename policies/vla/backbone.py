@@ -335,6 +335,8 @@ class VLAStateInputs:
         if critic not in ("head", "state"):
             raise ValueError(f"policy.critic must be 'head' (the value head on the backbone) or 'state'; got {critic!r}.")
         critic_keys = tuple(critic_keys)
+        if critic_keys and critic != "state":
+            raise ValueError(f"policy.critic_keys {critic_keys} are what the state critic reads; set policy.critic: state.")
         if critic == "state" and hasattr(self, "state_critic") and critic_keys != tuple(self.config.critic_keys):
             raise ValueError(
                 f"This policy's state critic reads {tuple(self.config.critic_keys) or self.config.state_keys}; "
