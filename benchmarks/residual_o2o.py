@@ -2,7 +2,7 @@
 
     uv run python -m benchmarks.residual_o2o --quick      # small budget; last line RESULT residual_lift=<points>
     uv run python -m benchmarks.residual_o2o              # the full recipe (configs/residual_pickcube_mlp.yaml)
-    uv run python -m benchmarks.residual_o2o --curves runs/residual_o2o_0 runs/ppo_from_base_pickcube
+    uv run python -m benchmarks.residual_o2o --curves runs/residual_o2o_0 runs/ppo_from_base_pickcube   # --base: S0's run
     uv run python -m benchmarks.residual_o2o --vgps runs/residual_o2o_quick_0 --temperature 0.2   # V-GPS; RESULT vgps_lift=<points>
     uv run python -m benchmarks.residual_o2o --o2o runs/o2o_pickcube_calql --scratch runs/o2o_scratch   # o2o vs scratch
     uv run python -m benchmarks.residual_o2o --parl runs/o2o_parl_reach_0 --sft runs/o2o_parl_reach_sft   # PA-RL on a VLA
@@ -13,7 +13,8 @@ held-out seeds the residual run evaluates on (S0); train the residual recipe fro
 final evaluation is S1 (same seeds, same episode count). The lift is S1 - S0 in points.
 Results merge into benchmarks/results/residual_o2o.json under "<recipe>/<task>/seed<seed>"
 (quick runs under "<recipe>-quick/<task>/seed<seed>"). `--curves` plots eval success against env steps
-of finished runs (residual vs PPO from the same base) into benchmarks/results/.
+of finished runs (residual vs PPO from the same base, `--base` the base's run) into
+benchmarks/results/residual_vs_ppo_<task>.png.
 """
 
 from __future__ import annotations
@@ -249,13 +250,19 @@ def main() -> None:
     parser.add_argument("--control", metavar="RUN_DIR", help="with --parl: a run to plot beside them (not recorded)")
     parser.add_argument("--from-run", nargs=2, metavar=("KEY", "RUN_DIR"),
                         help="record an entry KEY (e.g. residual_td3/PickCube) from a trained run's logged evaluations")
+    parser.add_argument("--command", default="", help="with --from-run: the `uv run embodied train CONFIG ...` "
+                        "command that made the run (default: configs/<RUN_DIR's name>.yaml)")
     args = parser.parse_args()
     if args.curves:
         base_eval = Path(args.base) / "eval.json"
         s0 = json.loads(base_eval.read_text())["success_rate"] if base_eval.is_file() else None
-        path = RESULTS_DIR / "residual_vs_ppo_pickcube.png"
-        plot_curves([Path(r) for r in args.curves], s0, path, ["residual TD3 on the BC base", "PPO from the BC base"]
-                    if len(args.curves) == 2 else None)
+        import yaml
+
+        configs = [yaml.safe_load((Path(run) / "config.yaml").read_text()) for run in args.curves]
+        names = {"residual": "residual TD3 on the BC base", "ppo": "PPO from the BC base"}
+        labels = [f"{names.get(c['algo']['name'], c['algo']['name'])}, seed {c['seed']}" for c in configs]
+        path = RESULTS_DIR / f"residual_vs_ppo_{configs[0]['env']['task'].lower()}.png"
+        plot_curves([Path(r) for r in args.curves], s0, path, labels)
         print(f"wrote {path}")
         return
     if args.vgps:
@@ -318,8 +325,9 @@ def main() -> None:
         return
     if args.from_run:
         key, run = args.from_run
-        entry = entry_from_run(Path(run), Path(args.base), f"configs/{Path(run).name}.yaml")
-        merge_result(key, entry, f"uv run embodied train configs/{Path(run).name}.yaml")
+        command = args.command or f"uv run embodied train configs/{Path(run).name}.yaml"
+        entry = entry_from_run(Path(run), Path(args.base), command.split()[3])
+        merge_result(key, entry, f"{command} (run {run})")
         print(json.dumps({k: entry[k] for k in ("start_success", "end_success", "env_steps", "train_wall_s")}))
         return
     torch.set_num_threads(1)

@@ -119,7 +119,7 @@ def evaluate_checkpoint(cfg: LiftConfig, common: list[str], out: Path) -> tuple[
     AR VLA's `decoding`, the way the RL run loads it). Its run's config, when found, says how it
     was trained."""
     from embodied.evaluate import evaluate_policy
-    from embodied.runner.trainer import load_policy
+    from embodied.runner.trainer import check_fixed_fields, load_policy
 
     checkpoint = Path(cfg.sft_checkpoint)
     rl_cfg = load_config(TrainConfig, cfg.rl, [*cfg.rl_overrides, *common])
@@ -129,7 +129,9 @@ def evaluate_checkpoint(cfg: LiftConfig, common: list[str], out: Path) -> tuple[
         torch.set_num_threads(rl_cfg.torch_threads)
     print(f"[lift] S0: evaluating {checkpoint} ({cfg.eval_episodes} episodes)", flush=True)
     (out / "sft").mkdir(parents=True, exist_ok=True)
-    s0 = evaluate_policy(load_policy(checkpoint, rl_cfg.policy, adapters=False), rl_cfg.env, cfg.eval_episodes, rl_cfg.eval.seed,
+    policy = load_policy(checkpoint, rl_cfg.policy, adapters=False)
+    check_fixed_fields(rl_cfg.policy, policy, f"sft_checkpoint {checkpoint}")  # before S0, not after it
+    s0 = evaluate_policy(policy, rl_cfg.env, cfg.eval_episodes, rl_cfg.eval.seed,
                          rl_cfg.eval.deterministic, video_path=out / "sft" / "videos" / "eval_s0.mp4")
     (out / "sft" / "eval.json").write_text(json.dumps(s0 | {"checkpoint": str(checkpoint)}, indent=2))
     return s0, sft_cfg, 0, str(checkpoint)

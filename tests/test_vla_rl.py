@@ -199,3 +199,45 @@ def test_an_asymmetric_critic_reads_privileged_state_the_actor_never_sees(tmp_pa
         Policy.from_pretrained(tmp_path / "base", overrides={"critic_keys": keys, "critic_dim": 31})
     with pytest.raises(ValueError, match="critic_dim"):
         Policy.from_pretrained(tmp_path / "base", overrides={"critic": "state", "critic_keys": keys})
+
+
+def test_a_run_from_a_saved_vla_refuses_settings_it_would_ignore(tmp_path, reach_obs):
+    """A recipe may change how a saved flow VLA samples (noise level, stochastic steps) and add
+    to it (a critic, Flow-Noise's std network) but not what it is: another chunk size is an
+    error rather than a run that silently keeps the saved one."""
+    from embodied.runner.trainer import check_fixed_fields
+
+    tiny_vla("flow_vla", reach_obs).save_pretrained(tmp_path / "sde")
+    recipe = FlowVLAConfig(noise_level=0.9, stochastic_steps=(0,), critic="state")
+    loaded = load_policy(tmp_path / "sde", observed_sizes(recipe, reach_obs, 7))
+    check_fixed_fields(recipe, loaded, "init_from sde")
+    assert (loaded.config.noise_level, loaded.config.stochastic_steps) == (0.9, (0,))
+    with pytest.raises(ValueError, match="init_from sde: the saved policy fixes chunk_size"):
+        check_fixed_fields(dataclasses.replace(recipe, chunk_size=8), loaded, "init_from sde")
+
+
+def test_flow_noise_is_added_to_a_flow_sde_checkpoint_for_rl(tmp_path, reach_obs):
+    """pi_RL's Flow-Noise on an SFT checkpoint: `likelihood: noise` adds the std network with
+    every std at the middle of its range and the same velocity field; saved and reloaded it
+    stays a Flow-Noise policy, and a recipe's default (sde) does not take it away."""
+    sde = tiny_vla("flow_vla", reach_obs)
+    sde.save_pretrained(tmp_path / "sde")
+    recipe = dataclasses.replace(sde.config, likelihood="noise")
+    noisy = load_policy(tmp_path / "sde", recipe)
+    assert noisy.config.likelihood == "noise" and noisy.noise_head is not None
+    x = torch.randn(NUM_ENVS, 2, 7)
+    t = torch.full((NUM_ENVS,), 0.5)
+    with torch.no_grad():
+        prefix = noisy.encode_prefix(reach_obs)
+        velocity, std = noisy.velocity_field(prefix, x, t)
+        torch.testing.assert_close(velocity, sde.velocity_field(sde.encode_prefix(reach_obs), x, t)[0])
+    torch.testing.assert_close(std, torch.full_like(std, sum(noisy.config.noise_std_range) / 2))
+    out = noisy.act(reach_obs)
+    log_prob, _, _ = noisy.evaluate(reach_obs, out.action, out.extras)
+    torch.testing.assert_close(log_prob, out.log_prob, atol=1e-4, rtol=0)
+    noisy.save_pretrained(tmp_path / "noise")
+    again = load_policy(tmp_path / "noise", sde.config)  # a recipe that does not ask for Flow-Noise
+    assert again.config.likelihood == "noise"
+    torch.testing.assert_close(again.noise_head[2].weight, noisy.noise_head[2].weight)
+    with pytest.raises(ValueError, match="likelihood"):
+        load_policy(tmp_path / "sde", dataclasses.replace(sde.config, likelihood="ode"))

@@ -108,6 +108,48 @@ def load_policy(path: str | Path, policy_cfg: Any, adapters: bool = True) -> Pol
     return Policy.from_pretrained(path, overrides=fields)
 
 
+def check_fixed_fields(recipe: Any, policy: Policy, source: str) -> None:
+    """Raise when the recipe's `policy` sets a field away from its default to a value the loaded
+    `policy` does not have, other than the fields a loaded policy takes from the recipe (runtime
+    and adapter fields): a setting that would otherwise be silently ignored (a run from an SFT
+    checkpoint cannot switch its likelihood or chunk size)."""
+    saved, cls = policy.config, type(policy)
+    if not (dataclasses.is_dataclass(recipe) and dataclasses.is_dataclass(saved)):
+        return
+    taken = {"kind", *cls.runtime_fields, *cls.adapter_fields}
+    saved_values = {f.name: getattr(saved, f.name) for f in dataclasses.fields(saved)}
+    conflicts = []
+    for field in dataclasses.fields(recipe):
+        if field.name in taken or field.name not in saved_values:
+            continue
+        asked = getattr(recipe, field.name)
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            continue
+        if normalized(asked) != normalized(default) and normalized(asked) != normalized(saved_values[field.name]):
+            conflicts.append(f"{field.name} (saved {saved_values[field.name]!r}, asked {asked!r})")
+    if conflicts:
+        raise ValueError(
+            f"{source}: the saved policy fixes {', '.join(conflicts)}, which a run from a saved policy cannot "
+            f"change (only {', '.join(sorted(taken - {'kind'}))} can). Drop them from the config, or train a "
+            "policy with them from scratch."
+        )
+
+
+def normalized(value: Any) -> Any:
+    """Lists and tuples compare equal (YAML gives lists where the dataclasses hold tuples)."""
+    if dataclasses.is_dataclass(value):
+        return normalized(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {k: normalized(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return tuple(normalized(v) for v in value)
+    return value
+
+
 class Trainer:
     """Builds env, policy and algorithm from a TrainConfig and runs the loop."""
 
@@ -146,6 +188,7 @@ class Trainer:
         if saved_kind is not None and saved_kind != cfg.policy.kind:
             raise ValueError(f"init_from {cfg.init_from} holds a {saved_kind!r} policy; this config asks for {cfg.policy.kind!r}.")
         policy = load_policy(path, observed_sizes(cfg.policy, self.obs, self.env.action_dim))
+        check_fixed_fields(cfg.policy, policy, f"init_from {cfg.init_from}")
         if policy.chunk_size and getattr(policy.config, "action_dim", self.env.action_dim) != self.env.action_dim:
             raise ValueError(f"init_from {cfg.init_from} emits {policy.config.action_dim}-dim actions; the env takes {self.env.action_dim}.")
         return policy

@@ -223,6 +223,7 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
     config_class = FlowVLAConfig
     backbone_name = "prefix"
     runtime_fields = ("stochastic_steps", "noise_level", "detach_critic")
+    adapter_fields = (*VLAStateInputs.adapter_fields, "likelihood")
 
     def __init__(self, config: FlowVLAConfig, tokenizer: PreTrainedTokenizerFast | None = None):
         super().__init__(config)
@@ -256,21 +257,37 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
         self.action_time_in = nn.Linear(2 * width, width)
         self.action_time_out = nn.Linear(width, width)
         self.velocity_head = nn.Linear(width, actions)
-        self.noise_head = (
-            nn.Sequential(
-                nn.Linear(width, config.noise_hidden),
-                nn.Tanh(),
-                nn.Linear(config.noise_hidden, actions),
-            )
-            if config.likelihood == "noise"
-            else None
-        )
+        self.noise_head = self.make_noise_head() if config.likelihood == "noise" else None
         self.value_head = nn.Sequential(
             nn.Linear(config.vlm.hidden, config.value_hidden),
             nn.Tanh(),
             nn.Linear(config.value_hidden, 1),
         )
         self.add_adapters(config.lora_rank, config.lora_alpha, config.critic, config.critic_keys, config.critic_dim)
+
+    def make_noise_head(self) -> nn.Module:
+        """Flow-Noise's std network on the expert's hidden states (its output is squashed into
+        `noise_std_range`)."""
+        c = self.config
+        return nn.Sequential(nn.Linear(c.expert_hidden, c.noise_hidden), nn.Tanh(), nn.Linear(c.noise_hidden, c.action_dim))
+
+    def add_adapters(
+        self, lora_rank: int = 0, lora_alpha: float = 16.0, critic: str = "head",
+        critic_keys: tuple[str, ...] = (), critic_dim: int = 0, likelihood: str | None = None,
+    ) -> None:
+        """The VLA adapters (LoRA, a state critic) and, with `likelihood: noise` on a Flow-SDE
+        policy (an SFT checkpoint), Flow-Noise's std network, as pi_RL adds it for RL: its last
+        layer zero, so every std starts at the middle of `noise_std_range`. A Flow-Noise policy
+        keeps its learned std whatever a recipe's default says."""
+        super().add_adapters(lora_rank, lora_alpha, critic, critic_keys, critic_dim)
+        if likelihood not in (None, "noise", "sde"):
+            raise ValueError(f"policy.likelihood must be 'noise' (Flow-Noise) or 'sde' (Flow-SDE); got {likelihood!r}.")
+        if likelihood == "noise" and self.noise_head is None:
+            head = self.make_noise_head()
+            nn.init.zeros_(head[2].weight)
+            nn.init.zeros_(head[2].bias)
+            self.noise_head = head.to(self.velocity_head.weight.device)
+            self.config = dataclasses.replace(self.config, likelihood="noise")
 
     @staticmethod
     def _stochastic_steps(config: FlowVLAConfig) -> frozenset[int]:
