@@ -6,6 +6,7 @@
     uv run python -m benchmarks.residual_o2o --vgps runs/residual_o2o_quick_0 --temperature 0.2   # V-GPS; RESULT vgps_lift=<points>
     uv run python -m benchmarks.residual_o2o --o2o runs/o2o_pickcube_calql --scratch runs/o2o_scratch   # o2o vs scratch
     uv run python -m benchmarks.residual_o2o --parl runs/o2o_parl_reach_0 --sft runs/o2o_parl_reach_sft   # PA-RL on a VLA
+    uv run python -m benchmarks.residual_o2o --table      # the README's table from the results JSON
 
 Steps: record PickCube demos if data/PickCube is missing; train the BC base
 (configs/sft_pickcube_mlp.yaml) if its run directory is missing; evaluate the base on the
@@ -190,6 +191,31 @@ def merge_result(key: str, entry: dict[str, Any], command: str) -> None:
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def results_table(data: dict[str, Any]) -> str:
+    """The README's off-policy table: one row per entry of residual_o2o.json, by key."""
+    rows = ["| entry | start | end | lift | env steps | wall s | also | command |", "|---|---|---|---|---|---|---|---|"]
+    for key in sorted(data["results"]):
+        r = data["results"][key]
+        also = []
+        if "scratch_end_success" in r:
+            also.append(f"from scratch {100 * r['scratch_end_success']:.0f}%")
+        if r.get("offline_success") is not None:
+            also.append(f"after offline {100 * r['offline_success']:.0f}%")
+        if "policy_alone_end_success" in r:
+            also.append(f"the VLA alone {100 * r['policy_alone_end_success']:.0f}%")
+        if "num_samples" in r:
+            also.append(f"{r['num_samples']} proposals, temperature {r['temperature']}")
+        wall = r.get("train_wall_s", r.get("eval_wall_s"))
+        command, _, run = r["command"].partition(" (run ")
+        made = f" (run `{run.rstrip(')')}`)" if run else ""
+        rows.append(
+            f"| {key} | {100 * r['start_success']:.0f}% | {100 * r['end_success']:.0f}% | "
+            f"{100 * (r['end_success'] - r['start_success']):+.0f} | {r['env_steps']:,} | "
+            f"{'-' if wall is None else f'{wall:.0f}'} | {'; '.join(also)} | `{command}`{made} |"
+        )
+    return "\n".join(rows)
+
+
 def eval_curve(run_dir: Path) -> tuple[list[int], list[float], list[float]]:
     """(env steps, eval success, wall seconds) of a run's evaluations, from metrics.jsonl."""
     steps, success, wall = [], [], []
@@ -252,7 +278,11 @@ def main() -> None:
                         help="record an entry KEY (e.g. residual_td3/PickCube) from a trained run's logged evaluations")
     parser.add_argument("--command", default="", help="with --from-run: the `uv run embodied train CONFIG ...` "
                         "command that made the run (default: configs/<RUN_DIR's name>.yaml)")
+    parser.add_argument("--table", action="store_true", help="print the README's table from the results JSON and exit")
     args = parser.parse_args()
+    if args.table:
+        print(results_table(json.loads(RESULTS.read_text())))
+        return
     if args.curves:
         base_eval = Path(args.base) / "eval.json"
         s0 = json.loads(base_eval.read_text())["success_rate"] if base_eval.is_file() else None

@@ -311,3 +311,18 @@ def test_the_deploy_runtime_starts_a_chunk_following_residual_afresh_each_episod
     LocalPolicy(policy).reset()
     expected = base.act(one, deterministic=True).action[:, 0].clamp(-1, 1)
     assert torch.equal(policy.act(one, deterministic=True).action[:, 0], expected), "the next episode's first action"
+
+
+def test_the_readme_table_is_made_from_the_results_json():
+    """`benchmarks.residual_o2o --table`: a row per entry, lift in points, the run directory
+    kept out of the copyable command, the comparison an entry carries shown beside it."""
+    from benchmarks.residual_o2o import results_table
+
+    entry = {"start_success": 0.1, "end_success": 0.64, "env_steps": 100000, "train_wall_s": 1309.4}
+    data = {"results": {
+        "residual_td3/StackCube/seed0": entry | {"command": "uv run embodied train c.yaml (run runs/x)"},
+        "o2o/PickCube/seed0": entry | {"scratch_end_success": 0.0, "command": "uv run embodied train o.yaml"},
+    }}
+    rows = results_table(data).splitlines()
+    assert rows[2].startswith("| o2o/PickCube/seed0 | 10% | 64% | +54 | 100,000 | 1309 | from scratch 0% |")
+    assert rows[3].endswith("| `uv run embodied train c.yaml` (run `runs/x`) |")
