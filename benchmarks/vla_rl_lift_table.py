@@ -19,8 +19,11 @@ def percent(value: float, ci: list[float] | None = None) -> str:
 
 
 def readout(run: dict) -> str:
-    """How S0 and S1 decode the AR VLA's tokens, when not by argmax."""
-    return f" ({run['readout']} readout)" if run.get("readout") not in (None, "argmax") else ""
+    """GRPO's outcome when not 0/1 success, and how S0 and S1 decode the AR VLA's tokens, when
+    not by argmax."""
+    notes = [f"{run['outcome'].replace('_', '-')} outcome"] if run.get("outcome") not in (None, "success") else []
+    notes += [f"{run['readout']} readout"] if run.get("readout") not in (None, "argmax") else []
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def table(data: dict) -> str:

@@ -83,6 +83,7 @@ def run_lift(cfg: LiftConfig, command: str = "") -> dict[str, Any]:
     summary = {
         "model": rl_cfg.policy.kind, "task": rl_cfg.env.task, "algorithm": rl_cfg.algo.name,
         "readout": getattr(rl_cfg.policy, "decoding", None),  # the AR VLA's deterministic decoding
+        "outcome": getattr(rl_cfg.algo, "outcome", None),  # what GRPO normalises within a group
         "S0": s0["success_rate"], "S0_ci95": s0["success_ci95"], "S1": s1["success_rate"], "S1_ci95": s1["success_ci95"],
         "lift_points": 100 * (s1["success_rate"] - s0["success_rate"]),
         "eval_episodes": cfg.eval_episodes, "eval_seed": rl_cfg.eval.seed, "seeds": [cfg.seed],
@@ -158,13 +159,16 @@ def ensure_demos(dataset: Path, sft_cfg: TrainConfig, episodes: int, seed: int, 
 
 
 def merge_result(path: Path, summary: dict[str, Any]) -> None:
-    """Put `summary` into the results file under model/task/algorithm[/readout] (other entries
-    kept; the readout only when it is not the default argmax decoding)."""
+    """Put `summary` into the results file under model/task/algorithm[/outcome][/readout] (other
+    entries kept; GRPO's outcome only when it is not the default 0/1 success, the readout only
+    when it is not the default argmax decoding)."""
     from benchmarks.common import machine_info
 
     data = json.loads(path.read_text()) if path.is_file() else {"benchmark": "vla_rl_lift", "runs": {}}
     data["machine"] = machine_info()
     key = f"{summary['model']}/{summary['task']}/{summary['algorithm']}"
+    if summary.get("outcome") not in (None, "success"):
+        key += f"/{summary['outcome']}"
     if summary.get("readout") not in (None, "argmax"):
         key += f"/{summary['readout']}"
     data["runs"][key] = summary

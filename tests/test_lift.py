@@ -87,8 +87,9 @@ def test_every_lift_recipe_and_the_recipes_it_names_load():
             assert lift.sft_checkpoint, path
 
 
-def test_results_keep_the_ar_readouts_apart(tmp_path):
-    """An AR lift read out by the expected readout is its own row beside the argmax one."""
+def test_results_keep_the_ar_readouts_and_grpo_outcomes_apart(tmp_path):
+    """An AR lift read out by the expected readout, or GRPO on another outcome than 0/1 success,
+    is its own row beside the default one."""
     from benchmarks.vla_rl_lift_table import table
     from embodied.lift import merge_result
 
@@ -98,7 +99,10 @@ def test_results_keep_the_ar_readouts_apart(tmp_path):
     merge_result(path, run | {"readout": "argmax"})
     merge_result(path, run | {"readout": "expected", "S0": 0.33})
     merge_result(path, run | {"model": "flow_vla", "readout": None})
+    merge_result(path, run | {"algorithm": "grpo", "outcome": "success", "readout": "argmax"})
+    merge_result(path, run | {"algorithm": "grpo", "outcome": "return", "readout": "argmax"})
     runs = json.loads(path.read_text())["runs"]
-    assert sorted(runs) == ["ar_vla/PickCube/ppo", "ar_vla/PickCube/ppo/expected", "flow_vla/PickCube/ppo"]
+    assert sorted(runs) == ["ar_vla/PickCube/grpo", "ar_vla/PickCube/grpo/return", "ar_vla/PickCube/ppo",
+                            "ar_vla/PickCube/ppo/expected", "flow_vla/PickCube/ppo"]
     rows = table(json.loads(path.read_text())).splitlines()[2:]
-    assert [r.split(" | ")[2] for r in rows] == ["PPO", "PPO (expected readout)", "PPO"]
+    assert [r.split(" | ")[2] for r in rows] == ["GRPO", "GRPO (return outcome)", "PPO", "PPO (expected readout)", "PPO"]
