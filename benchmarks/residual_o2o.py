@@ -356,7 +356,8 @@ def main() -> None:
     if args.from_run:
         key, run = args.from_run
         command = args.command or f"uv run embodied train configs/{Path(run).name}.yaml"
-        entry = entry_from_run(Path(run), Path(args.base), command.split()[3])
+        recipe = next((word for word in command.split() if word.endswith(".yaml")), "")
+        entry = entry_from_run(Path(run), Path(args.base), recipe)
         merge_result(key, entry, f"{command} (run {run})")
         print(json.dumps({k: entry[k] for k in ("start_success", "end_success", "env_steps", "train_wall_s")}))
         return

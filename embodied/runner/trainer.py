@@ -15,7 +15,7 @@ import torch
 import sims
 from embodied.algos import ALGOS, AlgoConfig
 from embodied.algos.ppo import PPOConfig
-from embodied.config import load_config, save_config, to_dict
+from embodied.config import load_config, plain, save_config, to_dict
 from embodied.evaluate import evaluate_policy
 from embodied.runner.checkpoint import latest_checkpoint, save_checkpoint
 from embodied.runner.logger import LogConfig, Logger
@@ -129,7 +129,7 @@ def check_fixed_fields(recipe: Any, policy: Policy, source: str) -> None:
             default = field.default_factory()
         else:
             continue
-        if normalized(asked) != normalized(default) and normalized(asked) != normalized(saved_values[field.name]):
+        if plain(asked) != plain(default) and plain(asked) != plain(saved_values[field.name]):
             conflicts.append(f"{field.name} (saved {saved_values[field.name]!r}, asked {asked!r})")
     if conflicts:
         raise ValueError(
@@ -137,17 +137,6 @@ def check_fixed_fields(recipe: Any, policy: Policy, source: str) -> None:
             f"change (only {', '.join(sorted(taken - {'kind'}))} can). Drop them from the config, or train a "
             "policy with them from scratch."
         )
-
-
-def normalized(value: Any) -> Any:
-    """Lists and tuples compare equal (YAML gives lists where the dataclasses hold tuples)."""
-    if dataclasses.is_dataclass(value):
-        return normalized(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {k: normalized(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return tuple(normalized(v) for v in value)
-    return value
 
 
 class Trainer:
