@@ -87,3 +87,36 @@ def test_reward_to_go_outcome_credits_each_step():
     assert not torch.equal(advantages[0], advantages[-1])  # not one advantage per episode
     with pytest.raises(ValueError, match="outcome"):
         GRPO(policy, GRPOConfig(outcome="returns"))
+
+
+class _ExpertInFirstGroup:
+    """The scripted expert's actions in the first group's envs, standing still elsewhere."""
+
+    def __init__(self, env, group_size: int):
+        self.expert, self.group_size = env.task.expert(), group_size
+
+    def observe(self, obs) -> None:
+        pass
+
+    def act(self, obs):
+        from policies.base import PolicyOutput
+
+        action = self.expert.act(obs)
+        action[self.group_size:, :6] = 0.0
+        return PolicyOutput(action=action[:, None], log_prob=torch.zeros(action.shape[0]))
+
+
+def test_rollout_statistics_count_one_episode_per_env():
+    # The first group reaches its goal and terminates early; its envs auto-reset and keep
+    # stepping while the rest run to the time limit. Those extra episodes are not the group's.
+    env = sims.make("Reach", num_envs=8, max_episode_steps=30)
+    env.reset(seed=0)
+    algo = GRPO.__new__(GRPO)
+    algo.cfg, algo.policy = GRPOConfig(group_size=4), _ExpertInFirstGroup(env, 4)
+    tracker = EpisodeTracker(8, env.device)
+    episodes = algo.run_group_episodes(env, tracker)
+    finished = tracker.pop()
+    assert len(finished) == 8
+    assert [e["success"] for e in finished] == episodes["outcomes"].tolist() == [1.0] * 4 + [0.0] * 4
+    assert [e["length"] for e in finished] == episodes["valid"].sum(0).tolist()
+    assert max(e["length"] for e in finished[:4]) < 30 and all(e["length"] == 30 for e in finished[4:])

@@ -147,6 +147,7 @@ class GRPO(Algorithm):
         alive = torch.ones(n, dtype=torch.bool, device=env.device)
         succeeded = torch.zeros(n, dtype=torch.bool, device=env.device)
         returns = torch.zeros(n, device=env.device)
+        lengths = torch.zeros(n, dtype=torch.long, device=env.device)
         steps: dict[str, list] = {"obs": [], "actions": [], "log_probs": [], "extras": [], "valid": [], "rewards": []}
         env_steps = 0
         while alive.any():
@@ -161,7 +162,7 @@ class GRPO(Algorithm):
             for t in range(out.action.shape[1]):
                 obs, reward, terminated, truncated, info = env.step(out.action[:, t])
                 env_steps += int(alive.sum())
-                tracker.step(reward, terminated | truncated, info["success"])
+                lengths += alive.long()
                 decision_reward += torch.where(alive, reward, 0.0)
                 succeeded |= info["success"] & alive
                 alive &= ~(terminated | truncated)
@@ -169,6 +170,7 @@ class GRPO(Algorithm):
                     break
             steps["rewards"].append(decision_reward)
             returns += decision_reward
+        tracker.record(returns, lengths, succeeded)
         outcomes = succeeded.float() if cfg.outcome == "success" else returns
         return {
             "obs": stack_obs(steps["obs"]),

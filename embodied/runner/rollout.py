@@ -155,6 +155,16 @@ class EpisodeTracker:
         lengths[done] = 0
         succeeded[done] = False
 
+    def record(self, returns: torch.Tensor, lengths: torch.Tensor, success: torch.Tensor) -> None:
+        """Finished episodes counted by the caller, one per env (GRPO's groups run each env for
+        exactly one episode; counting the episodes that auto-reset envs run meanwhile would
+        over-count short, successful ones)."""
+        for i in range(returns.shape[0]):
+            self.finished.append({
+                "return": float(returns[i]), "length": int(lengths[i]), "success": float(success[i]),
+                "source": self.sources[i] if self.sources else "",
+            })
+
     def pop(self) -> list[dict[str, float]]:
         finished, self.finished = self.finished, []
         return finished
