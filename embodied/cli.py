@@ -113,9 +113,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(cfg.torch_threads)
     policy = load_policy(checkpoint / "policy", cfg.policy, adapters=False)
     video = run_dir / "videos" / f"eval_{checkpoint.name}_seed{args.seed}.mp4" if args.video else None
-    result = evaluate_policy(policy, cfg.env, args.episodes, args.seed, video_path=video)
-    result |= {"checkpoint": str(checkpoint), "overrides": list(args.overrides)}
-    suffix = "".join(f"_{re.sub(r'[^A-Za-z0-9._=-]+', '-', o)}" for o in args.overrides)
+    result = evaluate_policy(policy, cfg.env, args.episodes, args.seed, deterministic=not args.stochastic,
+                             video_path=video)
+    result |= {"checkpoint": str(checkpoint), "overrides": list(args.overrides), "stochastic": args.stochastic}
+    suffix = "_stochastic" * args.stochastic + "".join(f"_{re.sub(r'[^A-Za-z0-9._=-]+', '-', o)}" for o in args.overrides)
     out = run_dir / f"eval_{checkpoint.name}_seed{args.seed}{suffix}.json"
     out.write_text(json.dumps(result, indent=2))
     low, high = result["success_ci95"]
@@ -233,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=2_000_000)
     p.add_argument("--video", action="store_true")
+    p.add_argument("--stochastic", action="store_true",
+                   help="sample actions as RL rollouts do (an AR VLA's tokens at policy.temperature) instead of "
+                        "the deterministic readout")
     p.add_argument("overrides", nargs="*",
                    help="dotted overrides of the run's config, e.g. policy.decoding=expected policy.temperature=0.5")
     p.set_defaults(func=_cmd_eval)

@@ -122,5 +122,11 @@ def test_eval_cli_evaluates_a_named_checkpoint_and_names_the_available_ones(tmp_
     assert main(["eval", run, "--episodes", "4", "--seed", "5", "env.terminate_on_success=false"]) == 0
     named = trainer.run_dir / "eval_iter_000002_seed5_env.terminate_on_success=false.json"
     assert json.loads(named.read_text())["overrides"] == ["env.terminate_on_success=false"]
+    assert main(["eval", run, "--episodes", "4", "--seed", "5", "--stochastic"]) == 0
+    assert main(["eval", run, "--episodes", "4", "--seed", "5"]) == 0
+    sampled = json.loads((trainer.run_dir / "eval_iter_000002_seed5_stochastic.json").read_text())
+    readout = json.loads((trainer.run_dir / "eval_iter_000002_seed5.json").read_text())
+    assert sampled["stochastic"] and not readout["stochastic"]
+    assert sampled["mean_return"] != readout["mean_return"]  # sampled actions, not the policy's mean
     with pytest.raises(SystemExit, match="iter_000001, iter_000002"):
         main(["eval", run, "--checkpoint", "iter_7"])
