@@ -29,6 +29,10 @@ from embodied.runner.trainer import TrainConfig, Trainer
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "vla_rl_lift.json"
 
 
+# What the lift passes to both runs itself; an sft/rl override of these would be silently replaced.
+LIFT_SET_KEYS = ("seed", "eval.episodes", "init_from", "run_dir", "name", "algo.episodes")
+
+
 @dataclasses.dataclass
 class LiftConfig:
     name: str = "lift"
@@ -52,6 +56,11 @@ def run_lift(cfg: LiftConfig, command: str = "") -> dict[str, Any]:
     `command` is what reproduces it (stored with the results)."""
     if not cfg.rl or not (cfg.sft or cfg.sft_checkpoint):
         raise ValueError("A lift needs an `rl` recipe and an `sft` recipe or an `sft_checkpoint`.")
+    for field in ("sft_overrides", "rl_overrides"):
+        taken = [o for o in getattr(cfg, field) if o.split("=", 1)[0].strip() in LIFT_SET_KEYS]
+        if taken:
+            raise ValueError(f"{field} sets {', '.join(taken)}, which the lift sets for both runs "
+                             f"({', '.join(LIFT_SET_KEYS)}): use the lift's own seed= / eval_episodes= / name= / out=.")
     out = Path(cfg.out or f"runs/{cfg.name}")
     if out.exists():
         if not cfg.overwrite:

@@ -4,6 +4,7 @@ checkpoint, evaluate on the same seeds, write the summary, the page and the resu
 import json
 
 import pandas as pd
+import pytest
 import yaml
 
 from embodied.cli import main
@@ -106,3 +107,13 @@ def test_results_keep_the_ar_readouts_and_grpo_outcomes_apart(tmp_path):
                             "ar_vla/PickCube/ppo/expected", "flow_vla/PickCube/ppo"]
     rows = table(json.loads(path.read_text())).splitlines()[2:]
     assert [r.split(" | ")[2] for r in rows] == ["GRPO", "GRPO (return outcome)", "PPO", "PPO (expected readout)", "PPO"]
+
+
+def test_overrides_the_lift_would_replace_are_refused(tmp_path):
+    from embodied.lift import LiftConfig, run_lift
+
+    cfg = LiftConfig(sft="configs/sft_reach_ar_vla.yaml", rl="configs/grpo_reach_ar_vla.yaml",
+                     rl_overrides=("algo.lr=3e-5", "seed=1"), out=str(tmp_path / "lift"), results_file="")
+    with pytest.raises(ValueError, match="rl_overrides sets seed=1"):
+        run_lift(cfg)
+    assert not (tmp_path / "lift").exists()
