@@ -22,6 +22,7 @@ def readout(run: dict) -> str:
     """GRPO's outcome when not 0/1 success, and how S0 and S1 decode the AR VLA's tokens, when
     not by argmax."""
     notes = [f"{run['outcome'].replace('_', '-')} outcome"] if run.get("outcome") not in (None, "success") else []
+    notes = ["per-step success to go"] if run.get("outcome") == "success_to_go" else notes
     notes += [f"{run['readout']} readout"] if run.get("readout") not in (None, "argmax") else []
     return f" ({', '.join(notes)})" if notes else ""
 

@@ -92,7 +92,7 @@ def run_lift(cfg: LiftConfig, command: str = "") -> dict[str, Any]:
     summary = {
         "model": rl_cfg.policy.kind, "task": rl_cfg.env.task, "algorithm": rl_cfg.algo.name,
         "readout": getattr(rl_cfg.policy, "decoding", None),  # the AR VLA's deterministic decoding
-        "outcome": getattr(rl_cfg.algo, "outcome", None),  # what GRPO normalises within a group
+        "outcome": grpo_outcome(rl_cfg),
         "S0": s0["success_rate"], "S0_ci95": s0["success_ci95"], "S1": s1["success_rate"], "S1_ci95": s1["success_ci95"],
         "lift_points": 100 * (s1["success_rate"] - s0["success_rate"]),
         "eval_episodes": cfg.eval_episodes, "eval_seed": rl_cfg.eval.seed, "seeds": [cfg.seed],
@@ -167,16 +167,29 @@ def ensure_demos(dataset: Path, sft_cfg: TrainConfig, episodes: int, seed: int, 
     return episodes
 
 
+# GRPO outcomes that are the 0/1 success: one per episode, or as the sparse reward to go of each step.
+SUCCESS_OUTCOMES = (None, "success", "success_to_go")
+
+
+def grpo_outcome(rl_cfg: TrainConfig) -> str | None:
+    """What GRPO normalises within a group (None for other algorithms): its `outcome`, where a
+    reward to go of the sparse reward (1 at success) is "success_to_go"."""
+    outcome = getattr(rl_cfg.algo, "outcome", None)
+    if outcome == "reward_to_go" and rl_cfg.env.reward_mode == "sparse":
+        return "success_to_go"
+    return outcome
+
+
 def merge_result(path: Path, summary: dict[str, Any]) -> None:
     """Put `summary` into the results file under model/task/algorithm[/outcome][/readout] (other
-    entries kept; GRPO's outcome only when it is not the default 0/1 success, the readout only
-    when it is not the default argmax decoding)."""
+    entries kept; GRPO's outcome only when it is not the 0/1 success, the readout only when it is
+    not the default argmax decoding)."""
     from benchmarks.common import machine_info
 
     data = json.loads(path.read_text()) if path.is_file() else {"benchmark": "vla_rl_lift", "runs": {}}
     data["machine"] = machine_info()
     key = f"{summary['model']}/{summary['task']}/{summary['algorithm']}"
-    if summary.get("outcome") not in (None, "success"):
+    if summary.get("outcome") not in SUCCESS_OUTCOMES:
         key += f"/{summary['outcome']}"
     if summary.get("readout") not in (None, "argmax"):
         key += f"/{summary['readout']}"

@@ -76,6 +76,22 @@ def test_step_advantages_by_hand():
     torch.testing.assert_close(adv, expected, atol=1e-5, rtol=0)
 
 
+def test_success_to_go_balances_every_step_where_the_episode_outcome_pushes_down():
+    # one group of 4: episode 0 succeeds at its first decision, episode 2 at its third,
+    # episodes 1 and 3 fail after three decisions (the 0/1 success as a sparse reward)
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    valid = torch.tensor([[True, True, True, True], [False, True, True, True], [False, True, True, True]])
+    per_step = step_advantages(rewards, valid, group_size=4, gamma=1.0, eps=1e-6)
+    # t = 0: success to go [1, 0, 1, 0] -> +-1; then [0, 1, 0] over the three still running
+    third = 1 / math.sqrt(2 / 9)
+    expected = torch.tensor([[1.0, -1.0, 1.0, -1.0], [0.0, -third / 3, 2 * third / 3, -third / 3],
+                             [0.0, -third / 3, 2 * third / 3, -third / 3]])
+    torch.testing.assert_close(per_step, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(per_step.sum(dim=1), torch.zeros(3), atol=1e-5, rtol=0)
+    per_episode = group_advantages(torch.tensor([1.0, 0.0, 1.0, 0.0]), 4, 1e-6).expand(3, 4) * valid
+    assert per_episode.sum().item() == pytest.approx(-2.0, abs=1e-4)  # the failures' longer episodes outweigh
+
+
 def test_reward_to_go_outcome_credits_each_step():
     env = sims.make("Reach", num_envs=8, max_episode_steps=5)
     obs = env.reset(seed=0)

@@ -107,6 +107,23 @@ def test_results_keep_the_ar_readouts_and_grpo_outcomes_apart(tmp_path):
                             "ar_vla/PickCube/ppo/expected", "flow_vla/PickCube/ppo"]
     rows = table(json.loads(path.read_text())).splitlines()[2:]
     assert [r.split(" | ")[2] for r in rows] == ["GRPO", "GRPO (return outcome)", "PPO", "PPO (expected readout)", "PPO"]
+    # the 0/1 success as each step's sparse reward to go is still GRPO on success: the same row
+    merge_result(path, run | {"algorithm": "grpo", "outcome": "success_to_go", "readout": "argmax", "S1": 0.8})
+    runs = json.loads(path.read_text())["runs"]
+    assert len(runs) == 5 and runs["ar_vla/PickCube/grpo"]["S1"] == 0.8
+    assert table(json.loads(path.read_text())).splitlines()[2].split(" | ")[2] == "GRPO (per-step success to go)"
+
+
+def test_grpo_outcome_names_the_sparse_reward_to_go_as_success():
+    from embodied.config import load_config
+    from embodied.lift import grpo_outcome
+    from embodied.runner.trainer import TrainConfig
+
+    reach = "configs/grpo_reach_ar_vla.yaml"
+    assert grpo_outcome(load_config(TrainConfig, reach)) == "success_to_go"
+    assert grpo_outcome(load_config(TrainConfig, reach, ["env.reward_mode=dense"])) == "reward_to_go"
+    assert grpo_outcome(load_config(TrainConfig, "configs/grpo_pickcube_ar_vla.yaml")) == "success"
+    assert grpo_outcome(load_config(TrainConfig, "configs/ppo_reach_ar_vla.yaml")) is None
 
 
 def test_overrides_the_lift_would_replace_are_refused(tmp_path):

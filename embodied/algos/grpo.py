@@ -10,7 +10,11 @@ One iteration, top to bottom:
      or, with outcome "reward_to_go" (DeepSeekMath's process supervision, with a per-step
      baseline), each step's own discounted return-to-go G_it = sum_{j >= t} gamma^(j-t) r_ij,
      A_it = (G_it - mean_group(G_t)) / (std_group(G_t) + eps) over the group's episodes still
-     running at step t: a step is credited with what followed it, not with the whole episode;
+     running at step t: a step is credited with what followed it, not with the whole episode.
+     With the sparse 0/1 success reward, gamma 1 and episodes ending at success, this is the success
+     outcome with a per-step baseline: a failed episode's steps past the group's successes are
+     compared with the episodes still running beside them, instead of all carrying the
+     episode's negative advantage (whose extra steps outweigh the successes' in the mean);
   3. dynamic sampling: groups whose members all succeed or all fail carry no signal and are
      dropped; new groups are sampled until `min_groups` mixed groups are kept (or
      `max_sample_rounds` rounds were tried);
