@@ -1,4 +1,4 @@
-"""The README's SFT-to-RL recipes on Reach (slow: ~5-30 minutes each on 2 cores): a short RL
+"""The README's SFT-to-RL recipes on Reach (slow: ~5-35 minutes each on 2 cores): a short RL
 run from the few-shot SFT checkpoint improves held-out success, for both VLA families and
 both algorithms. Results stay out of the shared results file."""
 
