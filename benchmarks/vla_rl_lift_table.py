@@ -18,11 +18,14 @@ def percent(value: float, ci: list[float] | None = None) -> str:
     return f"{text} ({100 * ci[0]:.0f}-{100 * ci[1]:.0f})" if ci else text
 
 
+OUTCOME_NOTES = {"success_to_go": "per-step success to go"}
+
+
 def readout(run: dict) -> str:
     """GRPO's outcome when not 0/1 success, and how S0 and S1 decode the AR VLA's tokens, when
     not by argmax."""
-    notes = [f"{run['outcome'].replace('_', '-')} outcome"] if run.get("outcome") not in (None, "success") else []
-    notes = ["per-step success to go"] if run.get("outcome") == "success_to_go" else notes
+    outcome = run.get("outcome")
+    notes = [OUTCOME_NOTES.get(outcome, f"{outcome.replace('_', '-')} outcome")] if outcome not in (None, "success") else []
     notes += [f"{run['readout']} readout"] if run.get("readout") not in (None, "argmax") else []
     return f" ({', '.join(notes)})" if notes else ""
 

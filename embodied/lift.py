@@ -173,9 +173,9 @@ SUCCESS_OUTCOMES = (None, "success", "success_to_go")
 
 def grpo_outcome(rl_cfg: TrainConfig) -> str | None:
     """What GRPO normalises within a group (None for other algorithms): its `outcome`, where a
-    reward to go of the sparse reward (1 at success) is "success_to_go"."""
+    reward to go of the sparse reward (1 at the success that ends the episode) is "success_to_go"."""
     outcome = getattr(rl_cfg.algo, "outcome", None)
-    if outcome == "reward_to_go" and rl_cfg.env.reward_mode == "sparse":
+    if outcome == "reward_to_go" and rl_cfg.env.reward_mode == "sparse" and rl_cfg.env.terminate_on_success:
         return "success_to_go"
     return outcome
 

@@ -122,6 +122,8 @@ def test_grpo_outcome_names_the_sparse_reward_to_go_as_success():
     reach = "configs/grpo_reach_ar_vla.yaml"
     assert grpo_outcome(load_config(TrainConfig, reach)) == "success_to_go"
     assert grpo_outcome(load_config(TrainConfig, reach, ["env.reward_mode=dense"])) == "reward_to_go"
+    # running on after success, the sparse reward counts the steps spent at the goal: not 0/1
+    assert grpo_outcome(load_config(TrainConfig, reach, ["env.terminate_on_success=false"])) == "reward_to_go"
     assert grpo_outcome(load_config(TrainConfig, "configs/grpo_pickcube_ar_vla.yaml")) == "success"
     assert grpo_outcome(load_config(TrainConfig, "configs/ppo_reach_ar_vla.yaml")) is None
 
