@@ -112,12 +112,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     policy = load_policy(checkpoint / "policy", cfg.policy, adapters=False)
-    video = run_dir / "videos" / f"eval_{checkpoint.name}_seed{args.seed}.mp4" if args.video else None
+    suffix = "_stochastic" * args.stochastic + "".join(f"_{re.sub(r'[^A-Za-z0-9._=-]+', '-', o)}" for o in args.overrides)
+    name = f"eval_{checkpoint.name}_seed{args.seed}{suffix}"
+    video = run_dir / "videos" / f"{name}.mp4" if args.video else None
     result = evaluate_policy(policy, cfg.env, args.episodes, args.seed, deterministic=not args.stochastic,
                              video_path=video)
     result |= {"checkpoint": str(checkpoint), "overrides": list(args.overrides), "stochastic": args.stochastic}
-    suffix = "_stochastic" * args.stochastic + "".join(f"_{re.sub(r'[^A-Za-z0-9._=-]+', '-', o)}" for o in args.overrides)
-    out = run_dir / f"eval_{checkpoint.name}_seed{args.seed}{suffix}.json"
+    out = run_dir / f"{name}.json"
     out.write_text(json.dumps(result, indent=2))
     low, high = result["success_ci95"]
     stages = ", ".join(f"{k[len('stage/'):]} {v:.0%}" for k, v in result.items() if k.startswith("stage/"))
