@@ -10,10 +10,18 @@ and the same network size, in one process:
 - ``rsl_rl``: rsl-rl-lib's ``OnPolicyRunner`` through `sims.adapters.RslRlVecEnv`, with the
   runner defaults of mjlab's manipulation (lift-cube) recipe: 24 steps per env, 5 epochs of 4
   minibatches, lr 1e-3 with the adaptive KL schedule, observation normalization, ELU;
-- ``sb3``: stable-baselines3's ``PPO("MlpPolicy")`` through `sims.adapters.SB3VecEnv` and
+- ``sb3``: stable-baselines3's ``PPO("MlpPolicy")`` as SB3's users run it: its ``DummyVecEnv``
+  (``make_vec_env``'s default) over N registered single envs, ``gymnasium.make("embodied/<Task>-v0")``
+  (`sims.adapters.GymEnv`, one physics thread each), their two state features concatenated, and
   ``VecNormalize`` (observations only, as rl-zoo's ``normalize: true``), with SB3's defaults and
   the rollout length, minibatch count and epochs of our config (a batch per env-step comparable
   to ours, where SB3's own default of 2048 steps per env would be 500k samples per update).
+  ``SubprocVecEnv`` is no option at 256 envs on 2 cores: 256 worker processes did not finish
+  starting in 5 minutes (and `benchmarks/sim_throughput.py` measures gymnasium's process-per-env
+  ``AsyncVectorEnv`` at ~10x below the batched env);
+- ``sb3_batched``: the same SB3 learner on our batched env, through `sims.adapters.SB3VecEnv`.
+  It isolates the algorithm from the simulator: ``sb3`` against ``sb3_batched`` is what the
+  batched env buys SB3, ``ours`` against ``sb3_batched`` what our PPO does on the same env.
 
 Every learner trains in chunks of about ``eval_every`` env steps (whole iterations); after each
 chunk, its deterministic policy runs through the same `embodied.evaluate.evaluate_policy` on the
@@ -25,7 +33,7 @@ chunk each, so that load from other processes on a shared machine falls on all t
 and torch runs on one thread for all three (``--torch-threads``): on a loaded 2-core machine
 spinning OpenMP threads make these small MLPs ~20x slower.
 
-speedup_vs_X = X's wall s to 90% / ours. When X did not reach 90% within the budget, the ratio
+speedup_vs_X = X's wall s to 90% / ours (X: sb3, sb3_batched, rsl_rl). When X did not reach 90% within the budget, the ratio
 uses the wall time X spent and is a lower bound (``speedup_vs_X_kind: "lower_bound"`` in the
 JSON); when ours did not, an upper bound; when neither did, null.
 
@@ -33,7 +41,7 @@ Prints a table, writes benchmarks/results/ppo_vs_peers.json (``--quick``:
 ppo_vs_peers_quick.json, a few minutes) and ends with
 ``RESULT speedup_vs_sb3=<ratio> speedup_vs_rsl_rl=<ratio>``.
 
-    python -m benchmarks.ppo_vs_peers [--quick] [--learners ours rsl_rl sb3]
+    python -m benchmarks.ppo_vs_peers [--quick] [--learners ours rsl_rl sb3 sb3_batched]
 """
 
 from __future__ import annotations
@@ -42,7 +50,9 @@ import abc
 import argparse
 import copy
 import dataclasses
+import functools
 import math
+import random
 import sys
 import tempfile
 import time
@@ -52,11 +62,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import gymnasium  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from rsl_rl.runners import OnPolicyRunner  # noqa: E402
 from stable_baselines3 import PPO as SB3PPO  # noqa: E402
-from stable_baselines3.common.vec_env import VecNormalize  # noqa: E402
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -66,12 +77,13 @@ from embodied.config import load_config, to_dict  # noqa: E402
 from embodied.evaluate import evaluate_policy  # noqa: E402
 from embodied.runner.trainer import TrainConfig, Trainer, seed_everything  # noqa: E402
 from policies.base import Policy, PolicyOutput  # noqa: E402
-from sims.adapters import DEFAULT_RSL_RL_GROUPS, RslRlVecEnv, SB3VecEnv  # noqa: E402
+from sims.adapters import DEFAULT_RSL_RL_GROUPS, RslRlVecEnv, SB3VecEnv, gym_id  # noqa: E402
 from sims.core import EnvConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_SUCCESS = 0.9
-LEARNERS = ("ours", "rsl_rl", "sb3")
+LEARNERS = ("ours", "rsl_rl", "sb3", "sb3_batched")
+PEERS = LEARNERS[1:]
 STATE_KEYS = ("observation.state", "observation.environment_state")
 
 
@@ -126,12 +138,27 @@ def flat_state(obs: dict[str, Any]) -> torch.Tensor:
     return torch.cat([obs[key].float() for key in STATE_KEYS], dim=1)
 
 
+RngState = tuple[Any, Any, torch.Tensor]
+
+
+def rng_state() -> RngState:
+    """The global random states the learners draw from: Python's, numpy's and torch's."""
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+
+def set_rng_state(state: RngState) -> None:
+    random.setstate(state[0])
+    np.random.set_state(state[1])
+    torch.set_rng_state(state[2])
+
+
 # ---------------------------------------------------------------------------- learners
 class Learner(abc.ABC):
     """One PPO implementation, trained in chunks and evaluated between them."""
 
     name: str
     hyperparameters: dict[str, Any]
+    rng: RngState  # the global random state right after it was built and seeded
 
     @property
     @abc.abstractmethod
@@ -274,8 +301,42 @@ class RslRlLearner(Learner):
         self.env.close()
 
 
+class FlatState(gymnasium.ObservationWrapper):
+    """A single env's observation as SB3's ``MlpPolicy`` takes it: the `STATE_KEYS` features
+    concatenated in `flat_state`'s order, float32 (D,)."""
+
+    def __init__(self, env: gymnasium.Env):
+        super().__init__(env)
+        dim = sum(int(np.prod(env.observation_space[key].shape)) for key in STATE_KEYS)
+        self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+
+    def observation(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate([observation[key].ravel() for key in STATE_KEYS], dtype=np.float32)
+
+
+def single_env_factory(env_cfg: EnvConfig, seed: int) -> Callable[[], gymnasium.Env]:
+    """A function making one env of `env_cfg`'s task and settings through the registered
+    gymnasium id, as ``DummyVecEnv`` takes it."""
+    if env_cfg.max_episode_steps is not None:
+        raise ValueError(
+            "the sb3 learner takes the task's own episode length (max_episode_steps: null)"
+        )
+    skip = {"task", "num_envs", "max_episode_steps", "seed", "num_threads"}
+    overrides = {
+        field.name: getattr(env_cfg, field.name)
+        for field in dataclasses.fields(env_cfg)
+        if field.name not in skip
+    }
+    # One physics thread per single env: its batch of one has nothing to share out.
+    make = functools.partial(
+        gymnasium.make, gym_id(env_cfg.task), seed=seed, num_threads=1, **overrides
+    )
+    return lambda: FlatState(make())
+
+
 class SB3Learner(Learner):
-    name = "sb3"
+    """SB3's PPO on ``DummyVecEnv`` over single gymnasium envs (``batched=False``, as SB3's
+    users run it) or on our batched env through `SB3VecEnv` (``batched=True``)."""
 
     def __init__(
         self,
@@ -286,13 +347,15 @@ class SB3Learner(Learner):
         n_steps: int,
         minibatches: int,
         epochs: int,
+        batched: bool,
     ):
+        self.name = "sb3_batched" if batched else "sb3"
+        if batched:
+            vec_env = SB3VecEnv(sims.make(dataclasses.replace(env_cfg, seed=seed)), keys=STATE_KEYS)
+        else:
+            vec_env = DummyVecEnv([single_env_factory(env_cfg, seed)] * env_cfg.num_envs)
         self.venv = VecNormalize(
-            SB3VecEnv(sims.make(dataclasses.replace(env_cfg, seed=seed)), keys=STATE_KEYS),
-            norm_obs=True,
-            norm_reward=False,
-            clip_obs=10.0,
-            gamma=gamma,
+            vec_env, norm_obs=True, norm_reward=False, clip_obs=10.0, gamma=gamma
         )
         kwargs: dict[str, Any] = {
             "n_steps": n_steps,
@@ -308,6 +371,9 @@ class SB3Learner(Learner):
         }
         self.hyperparameters = {
             "library": "stable-baselines3",
+            "vec_env": "SB3VecEnv (batched)"
+            if batched
+            else "DummyVecEnv of gymnasium.make(...) single envs",
             "policy": "MlpPolicy (tanh, orthogonal init, log_std_init 0)",
             "ppo": kwargs | defaults | {"clip_range": 0.2},
             "vec_normalize": {"norm_obs": True, "norm_reward": False, "clip_obs": 10.0},
@@ -336,12 +402,19 @@ class SB3Learner(Learner):
 
 
 def make_learner(name: str, cfg: TrainConfig, run_dir: Path) -> Learner:
+    """Learner `name`, built and seeded from the recipe, with the random state it starts from."""
+    learner = _build_learner(name, cfg, run_dir)
+    learner.rng = rng_state()
+    return learner
+
+
+def _build_learner(name: str, cfg: TrainConfig, run_dir: Path) -> Learner:
     hidden = list(cfg.policy.hidden_sizes)
     if name == "ours":
         return OursLearner(cfg, run_dir)
     if name == "rsl_rl":
         return RslRlLearner(cfg.env, cfg.seed, hidden, cfg.algo.gamma)
-    if name == "sb3":
+    if name in ("sb3", "sb3_batched"):
         algo = cfg.algo
         return SB3Learner(
             cfg.env,
@@ -351,16 +424,25 @@ def make_learner(name: str, cfg: TrainConfig, run_dir: Path) -> Learner:
             algo.num_steps,
             algo.num_minibatches,
             algo.update_epochs,
+            batched=name == "sb3_batched",
         )
     raise ValueError(f"Unknown learner {name!r}; known: {', '.join(LEARNERS)}.")
 
 
 # ---------------------------------------------------------------------------- the race
 class Track:
-    """One learner's side of the race: its training wall clock, evaluations and progress bar."""
+    """One learner's side of the race: its training wall clock, evaluations, progress bar and
+    random state.
+
+    All three libraries sample actions and shuffle minibatches from the global random
+    generators, so each track keeps its own state (taken right after its learner was built and
+    seeded) and swaps it in for its turns: a learner then trains as it would alone, whatever
+    else is in the race.
+    """
 
     def __init__(self, learner: Learner, setup: Setup, position: int):
         self.learner = learner
+        self.rng = learner.rng
         self.setup = setup
         self.wall_s = 0.0  # training only
         self.evaluations: list[dict[str, float]] = []
@@ -377,6 +459,15 @@ class Track:
     def advance(self, env_cfg: EnvConfig) -> None:
         """Train one chunk (to the next multiple of ``eval_every`` env steps), then evaluate;
         finish at 90% success or when the budget is spent."""
+        others = rng_state()
+        set_rng_state(self.rng)
+        try:
+            self._train_and_evaluate(env_cfg)
+        finally:
+            self.rng = rng_state()
+            set_rng_state(others)
+
+    def _train_and_evaluate(self, env_cfg: EnvConfig) -> None:
         setup, learner = self.setup, self.learner
         target = (learner.env_steps // setup.eval_every + 1) * setup.eval_every
         start = time.perf_counter()
@@ -489,7 +580,7 @@ def main() -> None:
         for learner in learners:
             learner.close()
 
-    ratios = {peer: speedup(results.get("ours"), results.get(peer)) for peer in ("sb3", "rsl_rl")}
+    ratios = {peer: speedup(results.get("ours"), results.get(peer)) for peer in PEERS}
     print_table(results)
     for peer, (ratio, kind) in ratios.items():
         if kind != "exact":
@@ -514,13 +605,14 @@ def main() -> None:
             **{f"speedup_vs_{peer}": ratio for peer, (ratio, _) in ratios.items()},
             **{f"speedup_vs_{peer}_kind": kind for peer, (_, kind) in ratios.items()},
             "targets": {"speedup_vs_sb3": 3.0, "speedup_vs_rsl_rl": 1.0},
+            "speedup_vs_sb3_batched_note": "SB3 on our batched env: the algorithms alone, no target",
         },
         machine,
     )
     print(f"wrote {path}")
     print(
         "RESULT "
-        + " ".join(f"speedup_vs_{peer}={fmt(ratio, '.2f')}" for peer, (ratio, _) in ratios.items())
+        + " ".join(f"speedup_vs_{peer}={fmt(ratios[peer][0], '.2f')}" for peer in ("sb3", "rsl_rl"))
     )
 
 
@@ -546,12 +638,12 @@ def summary_line(name: str, result: dict[str, Any]) -> str:
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     print(
-        f"{'learner':>8} {'reached':>8} {'env steps to 90%':>17} {'wall s to 90%':>14} {'final success':>14} "
+        f"{'learner':>11} {'reached':>8} {'env steps to 90%':>17} {'wall s to 90%':>14} {'final success':>14} "
         f"{'train steps/s':>14}"
     )
     for name, r in results.items():
         print(
-            f"{name:>8} {'yes' if r['reached'] else 'no':>8} {fmt(r['env_steps_to_target'], ','):>17} "
+            f"{name:>11} {'yes' if r['reached'] else 'no':>8} {fmt(r['env_steps_to_target'], ','):>17} "
             f"{fmt(r['wall_s_to_target'], '.1f'):>14} {r['final_success_rate']:>14.0%} "
             f"{r['train_env_steps_per_s']:>14,.0f}"
         )

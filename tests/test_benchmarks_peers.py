@@ -1,6 +1,7 @@
 """benchmarks/ppo_vs_peers.py: a tiny race of the three learners runs end to end, and the
 speedup is labelled exact or as a bound when a learner runs out of budget."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,9 +12,11 @@ from benchmarks.ppo_vs_peers import (
     LEARNERS,
     ROOT,
     Setup,
+    flat_state,
     make_learner,
     race,
     reached_target,
+    single_env_factory,
     speedup,
 )  # noqa: E402
 from embodied.config import load_config  # noqa: E402
@@ -64,3 +67,41 @@ def test_speedup_kinds():
 def test_reached_target_counts_90_of_100_in_float32():
     rate = torch.tensor([True] * 90 + [False] * 10).float().mean().item()  # 0.8999999761581421
     assert reached_target(rate) and not reached_target(89 / 100)
+
+
+def test_single_env_sb3_sees_the_features_in_the_evaluation_order():
+    """The sb3 learner trains on single gymnasium envs but is evaluated on the batched env
+    through `flat_state`: both must concatenate the same features in the same order, or its
+    VecNormalize statistics would be applied to the wrong inputs."""
+    cfg = load_config(TrainConfig, ROOT / "configs/ppo_pickcube_state.yaml", [])
+    env = single_env_factory(cfg.env, seed=0)()
+    flat, _ = env.reset(seed=3)
+    features, _ = env.unwrapped.reset(seed=3)  # the same initial state, as a dict
+    batch = {key: torch.as_tensor(value)[None] for key, value in features.items()}
+    assert flat.dtype == np.float32 and flat.shape == env.observation_space.shape
+    np.testing.assert_array_equal(flat, flat_state(batch)[0].numpy())
+    env.close()
+
+
+def test_a_learner_races_as_it_trains_alone(tmp_path, one_torch_thread):
+    """Each learner draws from its own random state: ours learns the same with or without SB3
+    beside it (both sample actions and shuffle minibatches from torch's global generator)."""
+    cfg = load_config(TrainConfig, ROOT / "configs/ppo_reach_state.yaml", ["env.num_envs=8"])
+    setup = Setup(
+        "configs/ppo_reach_state.yaml",
+        max_env_steps=480,
+        max_wall_s=60,
+        eval_every=160,
+        eval_episodes=4,
+    )
+
+    def ours_evaluations(names: list[str], run: str) -> list[dict]:
+        learners = [make_learner(name, cfg, tmp_path / run / name) for name in names]
+        results = race(learners, setup, cfg.env)
+        for learner in learners:
+            learner.close()
+        return [(e["env_steps"], e["mean_return"]) for e in results["ours"]["evaluations"]]
+
+    alone = ours_evaluations(["ours"], "alone")
+    assert len(alone) >= 2
+    assert ours_evaluations(["ours", "sb3"], "with_sb3") == alone
