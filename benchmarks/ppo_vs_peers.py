@@ -1,6 +1,6 @@
 """Time to 90% success, PPO from state observations: ours vs stable-baselines3 vs rsl_rl.
 
-Three learners train on the same task (PickCube; ``--quick``: Reach), the same env config
+Four learners train on the same task (PickCube; ``--quick``: Reach), the same env config
 (``configs/ppo_<task>_state.yaml``'s ``env``), the same seed, the same number of envs and gamma,
 and the same network size, in one process:
 
@@ -28,14 +28,15 @@ chunk, its deterministic policy runs through the same `embodied.evaluate.evaluat
 same held-out seeds (100 episodes, seed 1,000,000; an episode counts if solved at any step). A
 learner stops at the first evaluation with success >= 90%, or when its budget of env steps or
 training wall seconds is spent. Wall time counts training only (the learner's own rollouts and
-updates), never evaluation or construction, alike for all three. The learners take turns, one
-chunk each, so that load from other processes on a shared machine falls on all three alike,
-and torch runs on one thread for all three (``--torch-threads``): on a loaded 2-core machine
-spinning OpenMP threads make these small MLPs ~20x slower.
+updates), never evaluation or construction, alike for all. The learners take turns, one chunk
+each, so that load from other processes on a shared machine falls on all alike, each with its
+own random state (`Track`), and torch runs on one thread for all (``--torch-threads``): on a
+loaded 2-core machine spinning OpenMP threads make these small MLPs ~20x slower.
 
-speedup_vs_X = X's wall s to 90% / ours (X: sb3, sb3_batched, rsl_rl). When X did not reach 90% within the budget, the ratio
-uses the wall time X spent and is a lower bound (``speedup_vs_X_kind: "lower_bound"`` in the
-JSON); when ours did not, an upper bound; when neither did, null.
+speedup_vs_X = X's wall s to 90% / ours (X: sb3, sb3_batched, rsl_rl; the RESULT line has sb3
+and rsl_rl). When X did not reach 90% within the budget, the ratio uses the wall time X spent
+and is a lower bound (``speedup_vs_X_kind: "lower_bound"`` in the JSON); when ours did not, an
+upper bound; when neither did, null.
 
 Prints a table, writes benchmarks/results/ppo_vs_peers.json (``--quick``:
 ppo_vs_peers_quick.json, a few minutes) and ends with
@@ -94,7 +95,7 @@ def reached_target(success_rate: float) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-    """The task, budget and evaluation shared by the three learners."""
+    """The task, budget and evaluation shared by the learners."""
 
     config: str  # our recipe; its env section is every learner's env
     max_env_steps: int  # per learner
@@ -113,7 +114,7 @@ QUICK = Setup(
 
 
 class ActorForEvaluation(Policy):
-    """A peer's deterministic actor behind the `Policy` interface, so that all three learners
+    """A peer's deterministic actor behind the `Policy` interface, so that all the learners
     are evaluated by the same `evaluate_policy`. ``act_fn`` maps an observation batch to
     actions (N, A); only ``act(obs, deterministic=True)`` is supported."""
 

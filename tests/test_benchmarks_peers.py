@@ -1,4 +1,4 @@
-"""benchmarks/ppo_vs_peers.py: a tiny race of the three learners runs end to end, and the
+"""benchmarks/ppo_vs_peers.py: a tiny race of the four learners runs end to end, and the
 speedup is labelled exact or as a bound when a learner runs out of budget."""
 
 import numpy as np
