@@ -32,19 +32,25 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def test_tiny_race(tmp_path, one_torch_thread):
+def tiny_race(names, run_dir, max_env_steps: int, eval_every: int) -> dict:
+    """A race of `names` on Reach with 8 envs, 4 evaluation episodes."""
     cfg = load_config(TrainConfig, ROOT / "configs/ppo_reach_state.yaml", ["env.num_envs=8"])
     setup = Setup(
         "configs/ppo_reach_state.yaml",
-        max_env_steps=400,
+        max_env_steps=max_env_steps,
         max_wall_s=60,
-        eval_every=200,
+        eval_every=eval_every,
         eval_episodes=4,
     )
-    learners = [make_learner(name, cfg, tmp_path / name) for name in LEARNERS]
+    learners = [make_learner(name, cfg, run_dir / name) for name in names]
     results = race(learners, setup, cfg.env)
     for learner in learners:
         learner.close()
+    return results
+
+
+def test_tiny_race(tmp_path, one_torch_thread):
+    results = tiny_race(LEARNERS, tmp_path, max_env_steps=400, eval_every=200)
     assert list(results) == list(LEARNERS)
     for name, result in results.items():
         assert result["env_steps"] >= (400 if not result["reached"] else 200), name
@@ -86,20 +92,9 @@ def test_single_env_sb3_sees_the_features_in_the_evaluation_order():
 def test_a_learner_races_as_it_trains_alone(tmp_path, one_torch_thread):
     """Each learner draws from its own random state: ours learns the same with or without SB3
     beside it (both sample actions and shuffle minibatches from torch's global generator)."""
-    cfg = load_config(TrainConfig, ROOT / "configs/ppo_reach_state.yaml", ["env.num_envs=8"])
-    setup = Setup(
-        "configs/ppo_reach_state.yaml",
-        max_env_steps=480,
-        max_wall_s=60,
-        eval_every=160,
-        eval_episodes=4,
-    )
 
-    def ours_evaluations(names: list[str], run: str) -> list[dict]:
-        learners = [make_learner(name, cfg, tmp_path / run / name) for name in names]
-        results = race(learners, setup, cfg.env)
-        for learner in learners:
-            learner.close()
+    def ours_evaluations(names: list[str], run: str) -> list[tuple]:
+        results = tiny_race(names, tmp_path / run, max_env_steps=480, eval_every=160)
         return [(e["env_steps"], e["mean_return"]) for e in results["ours"]["evaluations"]]
 
     alone = ours_evaluations(["ours"], "alone")
