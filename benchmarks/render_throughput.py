@@ -10,9 +10,12 @@ camera, at 64x64 and 128x128:
   renderer as a CPU user runs it: this process and P-1 render processes draw shares of the envs
   (on Mesa's llvmpipe one process's GL work is serialized; `sims/mujoco/render.py`);
 - ``tiled_1proc``: the same renderer in this process only;
-- ``naive``: `NaiveRenderer`, one `mujoco.Renderer` per env.
+- ``naive``: `NaiveRenderer`, one `mujoco.Renderer` per env;
+- ``tiled_unculled`` (without shadows only: with shadows nothing is culled): ``tiled`` drawing
+  every geom (``culling=False``), to show what skipping the geoms a camera cannot see saves
+  (`sims/mujoco/culling.py`; the images are bit-identical).
 
-The machine is shared and noisy, so the three take turns: each round times one call of each
+The machine is shared and noisy, so the renderers take turns: each round times one call of each
 (``--rounds``), and the rates are the medians over rounds. ``--quick`` draws 64 envs at 64x64
 only, in 3 rounds. Last line:
 ``RESULT tiled_vs_naive_64=<ratio>`` (64x64, no shadows, ``tiled`` against ``naive``).
@@ -69,7 +72,7 @@ def main() -> None:
 
     rows = []
     print(f"{'size':>7} {'shadows':>8} {'tiled img/s':>12} {'1-proc img/s':>13} {'naive img/s':>12} "
-          f"{'ratio':>6} {'1-proc ratio':>13}")
+          f"{'ratio':>6} {'1-proc ratio':>13} {'unculled img/s':>15} {'culling gain':>13}")
     for size in sizes:
         naive = NaiveRenderer(env.model, n, ("front",), RenderConfig(width=size, height=size))
         for shadows in (False, True):
@@ -80,6 +83,10 @@ def main() -> None:
                                        dataclasses.replace(cfg, num_processes=args.processes)),
                 "tiled_1proc": TiledRenderer(env.model, n, ("front",), cfg),
             }
+            if not shadows:  # with shadows the renderer culls nothing
+                tiled["tiled_unculled"] = TiledRenderer(
+                    env.model, n, ("front",),
+                    dataclasses.replace(cfg, num_processes=args.processes, culling=False))
             try:
                 rates = interleaved_rates(tiled | {"naive": naive}, (env.batch,), n, rounds)
             finally:
@@ -89,9 +96,13 @@ def main() -> None:
                    **{f"{name}_images_per_s": rate for name, rate in rates.items()},
                    "ratio": rates["tiled"] / rates["naive"],
                    "ratio_1proc": rates["tiled_1proc"] / rates["naive"]}
+            unculled = rates.get("tiled_unculled")
+            if unculled:
+                row["culling_gain"] = rates["tiled"] / unculled
             rows.append(row)
             print(f"{size:>4}x{size:<3}{shadows!s:>8} {rates['tiled']:>12.0f} {rates['tiled_1proc']:>13.0f} "
-                  f"{rates['naive']:>12.0f} {row['ratio']:>6.2f} {row['ratio_1proc']:>13.2f}")
+                  f"{rates['naive']:>12.0f} {row['ratio']:>6.2f} {row['ratio_1proc']:>13.2f} "
+                  + (f"{unculled:>15.0f} {row['culling_gain']:>13.2f}" if unculled else f"{'-':>15} {'-':>13}"))
         naive.close()
     env.close()
     headline = next(r for r in rows if r["size"] == 64 and not r["shadows"])

@@ -73,12 +73,12 @@ class _ArraySource:
 
     def __init__(self, arrays: dict[str, np.ndarray]):
         self.state = [(name, arrays[name]) for name in STATE_FIELDS]
-        self.expanded = [(name, arrays[name]) for name in arrays if name in RENDER_FIELDS]
+        self.per_env = {name: arrays[name] for name in arrays if name in RENDER_FIELDS}
 
     def load(self, env: int, data: mujoco.MjData, fields: dict[str, np.ndarray]) -> None:
         for name, values in self.state:
             getattr(data, name)[...] = values[env]
-        for name, values in self.expanded:
+        for name, values in self.per_env.items():
             fields[name][...] = values[env]
 
 
