@@ -13,9 +13,10 @@ split into parts that each fit one call, and unpacks the parts there as they arr
 `pack GROUP` walks the requirements of the group's distributions (`GROUPS`) through the installed
 metadata, leaves out what the device image already holds (`DEVICE_IMAGE`, as read there on
 2026-11-17), and writes `part-NN` files plus `manifest.json` (their sha256s and the
-distributions). `unpack` copies the parts present into a staging folder beside the target (which
-lives on while the machine stays warm), and once all are there checks them and extracts the
-tar into the target: put it on PYTHONPATH. Run again in later calls, it adds the parts each brings.
+distributions). `unpack` copies the parts present into a staging folder beside the target, one
+per bundle (it lives on while the machine stays warm), and once all are there checks them and
+extracts the tar into the target: put it on PYTHONPATH. Run again in later calls, it adds the
+parts each brings.
 """
 
 from __future__ import annotations
@@ -127,6 +128,9 @@ def pack(
                 path = Path(dist.locate_file(f))
                 if path.is_file() and "__pycache__" not in f.parts and not str(f).startswith(".."):
                     tar.add(path, arcname=str(path.relative_to(base)))
+    print(
+        f"{len(dists)} distributions, {len(buf.getvalue()) / 1e6:.0f} MB of files: xz -9 (minutes)"
+    )
     packed = lzma.compress(buf.getvalue(), preset=9)
     if out.exists():
         shutil.rmtree(out)
@@ -154,7 +158,7 @@ def unpack(bundle: Path, target: Path) -> bool:
     """Stage the parts of `bundle` present now; once all are staged, verify and extract them into
     `target`. Returns whether the target is complete; raises ValueError on a corrupt part."""
     manifest = json.loads((bundle / "manifest.json").read_text())
-    stage = target.with_name(target.name + ".parts")
+    stage = target.with_name(f"{target.name}.{manifest['sha256'][:12]}.parts")  # per bundle
     stage.mkdir(parents=True, exist_ok=True)
     for part in manifest["parts"]:
         src = bundle / part["name"]
