@@ -389,12 +389,12 @@ class _BatchSource:
     def __init__(self, batch: mujoco.batch.Batch, lock: threading.Lock):
         self.batch, self.lock = batch, lock
         self.models = batch.models  # caller models (set_models), else per-env expanded fields
-        self.expanded = (
-            {}
+        # Per-env expanded fields, None with caller models (which culling leaves alone).
+        self.per_env = (
+            None
             if self.models is not None
             else {f: v for f in RENDER_FIELDS if (v := batch.expanded(f)) is not None}
         )
-        self.per_env = None if self.models is not None else self.expanded
 
     def load(
         self, env: int, data: mujoco.MjData, fields: dict[str, np.ndarray]
@@ -403,7 +403,7 @@ class _BatchSource:
             self.batch.get_data(env, data)
         if self.models is not None:
             return self.models if isinstance(self.models, mujoco.MjModel) else self.models[env]
-        for name, values in self.expanded.items():
+        for name, values in self.per_env.items():
             fields[name][...] = values[env]
         return None
 
