@@ -36,16 +36,20 @@ class AlgoConfig:
         return {name: algo.config_class for name, algo in ALGOS.items()}
 
 
-class Algorithm(abc.ABC):
+class Algorithm[C: AlgoConfig](abc.ABC):
+    """An algorithm typed by its config class C: `self.cfg` is a C, so a field of it that the
+    config lacks is a type error, not an AttributeError minutes into a run."""
+
     config_class: ClassVar[type[AlgoConfig]]
     uses_env: ClassVar[bool] = True  # False: learns from data; the run ends when `finished()`
 
-    def __init__(self, policy: torch.nn.Module, cfg: AlgoConfig):
+    def __init__(self, policy: torch.nn.Module, cfg: C):
         self.policy = policy
-        self.cfg = cfg
+        self.cfg: C = cfg
         self.generator = torch.Generator().manual_seed(0)
         self.optimizer: torch.optim.Optimizer
         self.progress = 0.0  # the fraction of the run's env-step budget spent before this update (the runner sets it)
+        self.updates = 0  # gradient updates taken: the x axis of a run without env
 
     @property
     def acting_policy(self) -> torch.nn.Module:
@@ -53,11 +57,10 @@ class Algorithm(abc.ABC):
         is more than the policy it trains (PA-RL's agent acts through its critic)."""
         return self.policy
 
-    def collect(self, env, obs, tracker) -> tuple[dict[str, Any], Any, torch.Tensor]:
-        """Gather one rollout with the current policy (on-policy: `num_steps` decisions per env)."""
-        from embodied.runner.rollout import collect_rollout
-
-        return collect_rollout(env, self.policy, obs, self.cfg.num_steps, self.cfg.gamma, tracker)
+    @abc.abstractmethod
+    def collect(self, env, obs, tracker) -> tuple[dict[str, Any], Any, torch.Tensor | None]:
+        """Gather what one update consumes: (rollout or None, the next observation, the value of
+        the next observation for bootstrapping or None)."""
 
     def prepare(self, rollout: dict[str, Any], next_value: torch.Tensor) -> dict[str, Any]:
         """Turn a rollout into the batch `update` consumes (advantages, flattening)."""
@@ -70,6 +73,10 @@ class Algorithm(abc.ABC):
     def finished(self) -> bool:
         """For algorithms that do not use the env: whether the run is complete."""
         return False
+
+    def planned_updates(self) -> int:
+        """For algorithms that do not use the env: the run's length in gradient updates."""
+        raise NotImplementedError(f"{type(self).__name__} uses the env: its runs are measured in env steps.")
 
     @staticmethod
     def check_finite(loss: torch.Tensor, stats: dict[str, torch.Tensor], iteration: int) -> None:

@@ -123,7 +123,7 @@ def grpo_loss(
 
 
 @register_algo
-class GRPO(Algorithm):
+class GRPO(Algorithm[GRPOConfig]):
     config_class = GRPOConfig
 
     def __init__(self, policy, cfg: GRPOConfig):

@@ -124,7 +124,7 @@ class O2OConfig(AlgoConfig):
 
 
 @register_algo
-class OfflineToOnline(Algorithm):
+class OfflineToOnline(Algorithm[O2OConfig]):
     config_class = O2OConfig
 
     def __init__(self, policy: Policy, cfg: O2OConfig):

@@ -35,7 +35,7 @@ from embodied.algos.base import (
     param_groups,
     register_algo,
 )
-from embodied.runner.rollout import select_obs
+from embodied.runner.rollout import collect_rollout, select_obs
 from policies.base import LOG_PROB_LEVELS
 
 
@@ -118,7 +118,7 @@ def ppo_loss(
 
 
 @register_algo
-class PPO(Algorithm):
+class PPO(Algorithm[PPOConfig]):
     config_class = PPOConfig
 
     def __init__(self, policy, cfg: PPOConfig):
@@ -130,6 +130,10 @@ class PPO(Algorithm):
         if cfg.anneal_lr and cfg.desired_kl is not None:
             raise ValueError("algo.anneal_lr and algo.desired_kl both set the learning rate; choose one.")
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+
+    def collect(self, env, obs, tracker) -> tuple[dict[str, Any], Any, torch.Tensor]:
+        """One rollout of `num_steps` decisions per env with the current policy."""
+        return collect_rollout(env, self.policy, obs, self.cfg.num_steps, self.cfg.gamma, tracker)
 
     def prepare(self, rollout: dict[str, Any], next_value: torch.Tensor) -> dict[str, Any]:
         """Add advantages and returns to a rollout of (S, N, ...) tensors; flatten to (S*N, ...)."""

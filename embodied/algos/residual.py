@@ -83,7 +83,7 @@ class ResidualConfig(AlgoConfig):
 
 
 @register_algo
-class Residual(Algorithm):
+class Residual(Algorithm[ResidualConfig]):
     config_class = ResidualConfig
 
     def __init__(self, policy: ResidualPolicy, cfg: ResidualConfig):

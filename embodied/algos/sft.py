@@ -59,7 +59,7 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> 
 
 
 @register_algo
-class SFT(Algorithm):
+class SFT(Algorithm[SFTConfig]):
     config_class = SFTConfig
     uses_env = False  # the trainer counts gradient steps, not env steps
 
@@ -141,6 +141,9 @@ class SFT(Algorithm):
 
     def finished(self) -> bool:
         return self.updates >= self.cfg.total_updates
+
+    def planned_updates(self) -> int:
+        return self.cfg.total_updates
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "updates": self.updates}

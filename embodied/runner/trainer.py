@@ -203,7 +203,7 @@ class Trainer:
     def train(self, stop_after: int | None = None) -> dict[str, Any]:
         """Run to `total_env_steps` (or `stop_after` more iterations); returns the final eval."""
         cfg = self.cfg
-        total = cfg.total_env_steps if self.algo.uses_env else cfg.algo.total_updates
+        total = cfg.total_env_steps if self.algo.uses_env else self.algo.planned_updates()
         logger = Logger(self.run_dir, cfg.log, total, to_dict(cfg), self.progress_steps,
                         step_key="env_steps" if self.algo.uses_env else "updates")
         last_eval: dict[str, Any] = {}
