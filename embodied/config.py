@@ -14,18 +14,21 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from sims.core import closest
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 class ConfigError(ValueError):
     """A config key or value that does not fit the config classes."""
 
 
-def load_config[T](cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
+def load_config[T: DataclassInstance](cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
     """`cls` filled from the YAML file at `path` (if any), then from `key.sub=value` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
@@ -57,7 +60,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
-def from_dict[T](cls: type[T], data: dict[str, Any], where: str = "") -> T:
+def from_dict[T: DataclassInstance](cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass `cls` from a nested dict, checking every key and type."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'} must be a mapping of {cls.__name__} fields; got {data!r}.")
@@ -75,7 +78,7 @@ def from_dict[T](cls: type[T], data: dict[str, Any], where: str = "") -> T:
     return cls(**kwargs)
 
 
-def _variant(hint: type, value: Any, path: str) -> type:
+def _variant(hint: Any, value: Any, path: str) -> Any:
     """For a config family (a class with `variants()` and `variant_key`, like AlgoConfig by
     `name`), the member class that `value[variant_key]` names; otherwise `hint` itself."""
     variants = getattr(hint, "variants", None)

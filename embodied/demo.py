@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
@@ -79,7 +80,7 @@ def record_expert_video(
     obs = env.reset(seed=seed)
     key = f"observation.images.{camera}"
     columns = int(np.ceil(np.sqrt(num_envs)))
-    frames = [tile(obs[key].numpy(), columns)]
+    frames: list[npt.ArrayLike] = [tile(obs[key].numpy(), columns)]  # as imageio types them
     for _ in range(steps or env.max_episode_steps):
         obs, _, _, _, info = env.step(expert.act(obs))
         final = info.get("final_observation", obs)  # show the last frame of finished episodes

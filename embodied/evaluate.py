@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 import sims
@@ -58,7 +59,8 @@ def evaluate_policy(
         import imageio.v2 as imageio
 
         video_path.parent.mkdir(parents=True, exist_ok=True)
-        imageio.mimsave(video_path, frames, fps=int(cfg.control_hz), macro_block_size=1)
+        video: list[npt.ArrayLike] = [*frames]  # imageio types its frames as a list of ArrayLike
+        imageio.mimsave(video_path, video, fps=int(cfg.control_hz), macro_block_size=1)
     low, high = wilson_interval(int(success.sum()), episodes)
     return {
         "success_rate": float(success.float().mean()), "success_ci95": [low, high], "episodes": episodes,

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from embodied.algos.sft import SFTConfig
 from embodied.config import apply_override, from_dict, load_config, save_config
 from embodied.runner.trainer import TrainConfig, Trainer
 
@@ -75,6 +76,8 @@ def run_lift(cfg: LiftConfig, command: str = "") -> dict[str, Any]:
     else:
         sft_cfg = load_config(TrainConfig, cfg.sft, [*cfg.sft_overrides, *common, f"algo.episodes={cfg.demos}",
                                                      f"run_dir={out / 'sft'}", f"name={cfg.name}_sft"])
+        if not isinstance(sft_cfg.algo, SFTConfig):
+            raise ValueError(f"lift's sft recipe {cfg.sft} must train with algo sft; it names {sft_cfg.algo.name!r}.")
         dataset = Path(sft_cfg.algo.dataset)
         recorded = ensure_demos(dataset, sft_cfg, cfg.record_episodes or cfg.demos, cfg.seed, cfg.record_overrides)
         print(f"[lift] SFT on {cfg.demos} demos of {dataset} -> {out / 'sft'}", flush=True)
@@ -116,7 +119,7 @@ def sft_provenance(cfg: LiftConfig, sft_cfg: TrainConfig) -> dict[str, int | Non
     `sft_checkpoint`, its run's config and the checkpoint's iteration (None where unknown)."""
     if not cfg.sft_checkpoint:
         return {"demos": cfg.demos, "sft_updates": getattr(sft_cfg.algo, "total_updates", None)}
-    if getattr(sft_cfg.algo, "name", "") != "sft":
+    if not isinstance(sft_cfg.algo, SFTConfig):
         return {"demos": None, "sft_updates": None}
     iteration = re.fullmatch(r"iter_(\d+)", Path(cfg.sft_checkpoint).parent.name)
     updates = int(iteration.group(1)) * sft_cfg.algo.updates_per_iteration if iteration else None
@@ -186,7 +189,7 @@ def merge_result(path: Path, summary: dict[str, Any]) -> None:
     not the default argmax decoding)."""
     from benchmarks.common import machine_info
 
-    data = json.loads(path.read_text()) if path.is_file() else {"benchmark": "vla_rl_lift", "runs": {}}
+    data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"benchmark": "vla_rl_lift", "runs": {}}
     data["machine"] = machine_info()
     key = f"{summary['model']}/{summary['task']}/{summary['algorithm']}"
     if summary.get("outcome") not in SUCCESS_OUTCOMES:

@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from policies.base import Policy
+
 ALGOS: dict[str, type[Algorithm]] = {}
 
 
@@ -43,7 +45,7 @@ class Algorithm[C: AlgoConfig](abc.ABC):
     config_class: ClassVar[type[AlgoConfig]]
     uses_env: ClassVar[bool] = True  # False: learns from data; the run ends when `finished()`
 
-    def __init__(self, policy: torch.nn.Module, cfg: C):
+    def __init__(self, policy: Policy, cfg: C):
         self.policy = policy
         self.cfg: C = cfg
         self.generator = torch.Generator().manual_seed(0)
@@ -52,7 +54,7 @@ class Algorithm[C: AlgoConfig](abc.ABC):
         self.updates = 0  # gradient updates taken: the x axis of a run without env
 
     @property
-    def acting_policy(self) -> torch.nn.Module:
+    def acting_policy(self) -> Policy:
         """What acts in the env and is evaluated: the policy itself, unless the algorithm's agent
         is more than the policy it trains (PA-RL's agent acts through its critic)."""
         return self.policy
@@ -62,7 +64,7 @@ class Algorithm[C: AlgoConfig](abc.ABC):
         """Gather what one update consumes: (rollout or None, the next observation, the value of
         the next observation for bootstrapping or None)."""
 
-    def prepare(self, rollout: dict[str, Any], next_value: torch.Tensor) -> dict[str, Any]:
+    def prepare(self, rollout: dict[str, Any], next_value: torch.Tensor | None) -> dict[str, Any]:
         """Turn a rollout into the batch `update` consumes (advantages, flattening)."""
         return rollout
 

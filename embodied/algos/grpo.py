@@ -191,7 +191,7 @@ class GRPO(Algorithm[GRPOConfig]):
     def collect(self, env, obs, tracker):
         cfg = self.cfg
         groups_wanted = cfg.min_groups or max(1, env.num_envs // cfg.group_size // 2)
-        kept: list[dict[str, torch.Tensor]] = []
+        kept: list[dict[str, Any]] = []  # obs and extras are dicts of tensors
         env_steps, rounds, groups_seen, kept_groups = 0, 0, 0, 0
         while rounds < max(1, cfg.max_sample_rounds) and kept_groups < groups_wanted:
             episodes = self.run_group_episodes(env, tracker)
@@ -229,7 +229,7 @@ class GRPO(Algorithm[GRPOConfig]):
         }
         return batch, obs, torch.zeros(env.num_envs, device=env.device)
 
-    def prepare(self, rollout: dict[str, Any], next_value: torch.Tensor) -> dict[str, Any]:
+    def prepare(self, rollout: dict[str, Any], next_value: torch.Tensor | None) -> dict[str, Any]:
         """The behaviour log-probs at the configured level (recomputed below chunk level)."""
         size = max(1, rollout["actions"].shape[0] // self.cfg.num_minibatches)
         if rollout["actions"].shape[0] == 0:

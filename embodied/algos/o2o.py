@@ -198,6 +198,21 @@ class OfflineToOnline(Algorithm[O2OConfig]):
         return self.agent if self.agent is not None else self.policy
 
     @property
+    def gaussian_policy(self) -> GaussianActorCritic:
+        """The policy, on the paths that need a Gaussian actor-critic's features, density and value
+        head (Cal-QL, IQL; the constructor lets other policies reach only PA-RL's paths)."""
+        if not isinstance(self.policy, GaussianActorCritic):
+            raise TypeError(f"this path of algo o2o needs a Gaussian MLP/CNN policy; got {type(self.policy).__name__}.")
+        return self.policy
+
+    @property
+    def online_buffer(self) -> ReplayBuffer:
+        """The online replay buffer; built by the first online collect (shapes from the env)."""
+        if self.buffer is None:
+            raise RuntimeError("algo o2o reached its online phase without an online collect.")
+        return self.buffer
+
+    @property
     def offline_phase(self) -> bool:
         return self.updates < self.cfg.offline_updates
 
@@ -212,12 +227,13 @@ class OfflineToOnline(Algorithm[O2OConfig]):
             self.buffer = ReplayBuffer(cfg.buffer_steps, env.num_envs, shapes, env.action_dim, env.device, dtypes)
         if self.runner is None or self.runner.num_envs != env.num_envs:
             self.runner = ChunkRunner(self.acting_policy, env.num_envs, self.chunk)
+        runner = self.runner
 
         def choose(o: dict[str, Any]) -> torch.Tensor:
             self.online_steps += 1
-            return self.runner(o)
+            return runner(o)
 
-        obs = collect_steps(env, obs, cfg.steps_per_iteration, choose, self.buffer, tracker, on_done=self.runner.ended)
+        obs = collect_steps(env, obs, cfg.steps_per_iteration, choose, self.buffer, tracker, on_done=runner.ended)
         return {"env_steps": cfg.steps_per_iteration * env.num_envs}, obs, None
 
     # ------------------------------------------------------------------ batches
@@ -230,7 +246,7 @@ class OfflineToOnline(Algorithm[O2OConfig]):
             batch = self.offline.sample(cfg.batch_size, self.n_step, cfg.gamma, self.generator, chunk=self.chunk)
         else:
             fraction = cfg.offline_fraction if cfg.online_mode == "rlpd" else 0.0
-            batch = sample_mixed(self.buffer, self.offline, cfg.batch_size, fraction, self.n_step, cfg.gamma,
+            batch = sample_mixed(self.online_buffer, self.offline, cfg.batch_size, fraction, self.n_step, cfg.gamma,
                                  self.generator, chunk=self.chunk)
         if cfg.reward_scale != 1.0:
             for key in ("reward", "n_step_reward", "return_to_go"):
@@ -242,13 +258,13 @@ class OfflineToOnline(Algorithm[O2OConfig]):
         """Q's state input (B, F): the Gaussian policy's own features, or the normalised
         privileged state (asymmetric critic)."""
         if self.gaussian:
-            return self.policy.features(obs)
+            return self.gaussian_policy.features(obs)
         state = torch.cat([obs[k].float().flatten(1) for k in self.critic_keys], dim=1)
         return (state - self.critic_mean.to(state.device)) / self.critic_std.to(state.device)
 
     def policy_sample(self, features: torch.Tensor, samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian policy: (B, K, A) reparameterised actions in [-1, 1] and their log-probs (B, K)."""
-        dist = self.policy.distribution(features)
+        dist = self.gaussian_policy.distribution(features)
         raw = dist.rsample((samples,))  # (K, B, A)
         log_prob = dist.log_prob(raw).sum(-1)
         return raw.clamp(-1, 1).transpose(0, 1), log_prob.transpose(0, 1)
@@ -301,7 +317,7 @@ class OfflineToOnline(Algorithm[O2OConfig]):
         def actor() -> torch.Tensor:
             actions, log_prob = self.policy_sample(features)
             if self.updates < cfg.bc_updates:
-                data_log_prob = self.policy.distribution(features).log_prob(batch["action"].clamp(-1, 1)).sum(-1)
+                data_log_prob = self.gaussian_policy.distribution(features).log_prob(batch["action"].clamp(-1, 1)).sum(-1)
                 return calql.bc_actor_loss(log_prob[:, 0], data_log_prob, cfg.entropy_coef)
             return calql.actor_loss(log_prob[:, 0], self.q_at(self.critic, features, actions)[..., 0], cfg.entropy_coef)
 
@@ -310,16 +326,16 @@ class OfflineToOnline(Algorithm[O2OConfig]):
     def iql_losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Callable[[], torch.Tensor], dict[str, torch.Tensor]]:
         """Like `calql_losses`; the actor loss includes the value head's expectile loss."""
         cfg = self.cfg
-        features = self.policy.features(batch["obs"]).detach()
+        features = self.gaussian_policy.features(batch["obs"]).detach()
         action = self.data_action(batch)
         with torch.no_grad():
             target_q = self.target_critic(features, action).min(0).values
-            next_value = self.policy.critic(self.policy.features(batch["next_obs"]))[:, 0]
-        value = self.policy.critic(features)[:, 0]
+            next_value = self.gaussian_policy.critic(self.gaussian_policy.features(batch["next_obs"]))[:, 0]
+        value = self.gaussian_policy.critic(features)[:, 0]
         q = self.critic(features, action)
         critic = iql.critic_loss(q, batch["n_step_reward"], batch["discount"], next_value)
         weights = iql.awr_weights(target_q, value.detach(), cfg.iql_beta)
-        log_prob = self.policy.distribution(features).log_prob(action).sum(-1)
+        log_prob = self.gaussian_policy.distribution(features).log_prob(action).sum(-1)
         actor = iql.actor_loss(log_prob, weights) + iql.value_loss(target_q, value, cfg.iql_expectile)
         return critic, lambda: actor, {"critic_loss": critic.detach(), "q": q.mean().detach(), "v": value.mean().detach(),
                                "awr_weight": weights.mean()}
@@ -351,7 +367,7 @@ class OfflineToOnline(Algorithm[O2OConfig]):
             if cfg.method == "iql":
                 with torch.no_grad():
                     target_q = self.target_critic(features, self.data_action(batch)).min(0).values
-                distil = distil + iql.value_loss(target_q, self.policy.critic(features)[:, 0], cfg.iql_expectile)
+                distil = distil + iql.value_loss(target_q, self.gaussian_policy.critic(features)[:, 0], cfg.iql_expectile)
             return distil
 
         return loss
@@ -369,7 +385,7 @@ class OfflineToOnline(Algorithm[O2OConfig]):
             count = min(cfg.updates_per_iteration, cfg.offline_updates - self.updates)
         else:
             if cfg.online_mode == "wsrl" and self.online_steps <= cfg.wsrl_warmup_steps:
-                return {"buffer": float(len(self.buffer)), "updates": float(self.updates)}
+                return {"buffer": float(len(self.online_buffer)), "updates": float(self.updates)}
             self.pending_updates += cfg.updates_per_step * cfg.steps_per_iteration
             count = int(self.pending_updates)
             self.pending_updates -= count

@@ -135,9 +135,11 @@ class PPO(Algorithm[PPOConfig]):
         """One rollout of `num_steps` decisions per env with the current policy."""
         return collect_rollout(env, self.policy, obs, self.cfg.num_steps, self.cfg.gamma, tracker)
 
-    def prepare(self, rollout: dict[str, Any], next_value: torch.Tensor) -> dict[str, Any]:
+    def prepare(self, rollout: dict[str, Any], next_value: torch.Tensor | None) -> dict[str, Any]:
         """Add advantages and returns to a rollout of (S, N, ...) tensors; flatten to (S*N, ...)."""
         cfg = self.cfg
+        if next_value is None:
+            raise ValueError("PPO bootstraps from the value of the observation after its rollout; none was given.")
         advantages, returns = compute_gae(
             rollout["rewards"], rollout["values"], rollout["dones"], next_value, cfg.gamma, cfg.gae_lambda
         )
@@ -167,6 +169,9 @@ class PPO(Algorithm[PPOConfig]):
                 obs = select_obs(batch["obs"], idx)
                 extras = {k: v[idx] for k, v in batch["extras"].items()}
                 log_prob, entropy, value = self.policy.evaluate_at(obs, batch["actions"][idx], extras, cfg.log_prob_level)
+                if value is None:
+                    raise ValueError(f"algo ppo needs a policy with a value head; {type(self.policy).__name__} has "
+                                     "none (train it with algo grpo, which needs no critic).")
                 loss, stats = ppo_loss(
                     log_prob, batch["log_probs"][idx], batch["advantages"][idx], value,
                     batch["values"][idx], batch["returns"][idx], entropy, cfg, critic_only,
@@ -205,9 +210,12 @@ class PPO(Algorithm[PPOConfig]):
 
     def adapt_lr(self, kl: float) -> None:
         """rsl_rl's adaptive schedule: shrink the lr when KL is far above target, grow it when far below."""
-        if kl > 2.0 * self.cfg.desired_kl:
+        target = self.cfg.desired_kl
+        if target is None:
+            return
+        if kl > 2.0 * target:
             factor = 1 / 1.5
-        elif kl < 0.5 * self.cfg.desired_kl:
+        elif kl < 0.5 * target:
             factor = 1.5
         else:
             return

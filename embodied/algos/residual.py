@@ -85,6 +85,7 @@ class ResidualConfig(AlgoConfig):
 @register_algo
 class Residual(Algorithm[ResidualConfig]):
     config_class = ResidualConfig
+    policy: ResidualPolicy
 
     def __init__(self, policy: ResidualPolicy, cfg: ResidualConfig):
         super().__init__(policy, cfg)
@@ -120,10 +121,11 @@ class Residual(Algorithm[ResidualConfig]):
             self.buffer = ReplayBuffer(cfg.buffer_steps, env.num_envs, shapes, env.action_dim, env.device)
         if self.runner is None or self.runner.num_envs != env.num_envs:
             self.runner = policy.base_runner(env.num_envs)
+        runner, buffer = self.runner, self.buffer
         now: dict[str, torch.Tensor] = {}
 
         def choose(o: dict[str, Any]) -> torch.Tensor:
-            base, phase = self.runner.current(o)
+            base, phase = runner.current(o)
             now.update({BASE_ACTION: base, PHASE: phase[:, None].float()})
             if self.env_steps < cfg.warmup_steps:
                 noise = cfg.warmup_noise * torch.randn(base.shape, generator=self.generator).to(base) * policy.corrected
@@ -134,12 +136,12 @@ class Residual(Algorithm[ResidualConfig]):
             return action
 
         def annotate(following: dict[str, Any], done: torch.Tensor) -> tuple[dict, dict]:
-            self.runner.advance(done)  # an ended episode's final observation gets a fresh chunk ...
-            base, phase = self.runner.current(following)
-            self.runner.ended(done)  # ... and so does the next episode's first
+            runner.advance(done)  # an ended episode's final observation gets a fresh chunk ...
+            base, phase = runner.current(following)
+            runner.ended(done)  # ... and so does the next episode's first
             return dict(now), {BASE_ACTION: base, PHASE: phase[:, None].float()}
 
-        obs = collect_steps(env, obs, cfg.steps_per_iteration, choose, self.buffer, tracker, cfg.reward_scale,
+        obs = collect_steps(env, obs, cfg.steps_per_iteration, choose, buffer, tracker, cfg.reward_scale,
                             annotate=annotate)
         return {"env_steps": cfg.steps_per_iteration * env.num_envs}, obs, None
 
@@ -192,16 +194,18 @@ class Residual(Algorithm[ResidualConfig]):
 
     # ------------------------------------------------------------------ update
     def update(self, batch: dict[str, Any], iteration: int) -> dict[str, float]:
-        cfg = self.cfg
+        cfg, buffer = self.cfg, self.buffer
+        if buffer is None:
+            raise RuntimeError("Residual.update before the first collect: the replay buffer is built there.")
         if self.env_steps < cfg.warmup_steps:
-            return {"buffer": float(len(self.buffer)), "updates": float(self.updates)}
+            return {"buffer": float(len(buffer)), "updates": float(self.updates)}
         self.pending_updates += cfg.updates_per_step * cfg.steps_per_iteration
         totals: dict[str, float] = {}
         count = 0
         self.policy.train()
         while self.pending_updates >= 1:
             self.pending_updates -= 1
-            sample = sample_mixed(self.buffer, self.offline, cfg.batch_size, cfg.offline_fraction, cfg.n_step, cfg.gamma,
+            sample = sample_mixed(buffer, self.offline, cfg.batch_size, cfg.offline_fraction, cfg.n_step, cfg.gamma,
                                   self.generator)
             loss, stats = self.critic_loss(sample)
             self.check_finite(loss, stats, iteration)
@@ -231,7 +235,7 @@ class Residual(Algorithm[ResidualConfig]):
             count += 1
         self.policy.eval()
         metrics = {k: v / max(count, 1) for k, v in totals.items()}
-        return {**metrics, "buffer": float(len(self.buffer)), "updates": float(self.updates)}
+        return {**metrics, "buffer": float(len(buffer)), "updates": float(self.updates)}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -284,7 +288,7 @@ def add_base_actions(buffer: ReplayBuffer, policy: ResidualPolicy, batch_size: i
     def base_chunks(fields: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
         out = []
         for part in rows.split(batch_size):
-            obs = {k: v[part, 0] for k, v in fields.items()}
+            obs: dict[str, Any] = {k: v[part, 0] for k, v in fields.items()}
             if buffer.task_names:
                 obs["task"] = [buffer.task_names[i] for i in buffer.task[part, 0].tolist()]
             out.append(policy.base.act(obs, deterministic=True).action.clamp(-1, 1).float())

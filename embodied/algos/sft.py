@@ -91,10 +91,9 @@ class SFT(Algorithm[SFTConfig]):
         return obs, actions
 
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
+    def validate(self, obs: dict[str, Any], actions: torch.Tensor) -> dict[str, float]:
         """The supervised loss on held-out frames and the L1 error of the policy's own
         deterministic chunks there (for the AR VLA: free-running decoding, not teacher forcing)."""
-        obs, actions = self.validation
         loss, _ = self.policy.supervised_loss(obs, actions)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
@@ -136,7 +135,7 @@ class SFT(Algorithm[SFTConfig]):
                 totals[key] = totals.get(key, 0.0) + value
         self.policy.eval()
         n = len(batch["batches"])
-        validation = self.validate() if self.validation is not None else {}
+        validation = self.validate(*self.validation) if self.validation is not None else {}
         return {**{k: v / n for k, v in totals.items()}, **validation, "lr": self.optimizer.param_groups[0]["lr"], "updates": float(self.updates)}
 
     def finished(self) -> bool:

@@ -257,7 +257,7 @@ def sample_mixed(online: ReplayBuffer, offline: ReplayBuffer | None, batch_size:
             raise ValueError("Both replay buffers are empty.")
         n_offline = batch_size
     parts = []
-    if n_offline:
+    if n_offline and offline is not None:
         parts.append(offline.sample(n_offline, n_step, gamma, generator, chunk))
     if batch_size - n_offline:
         parts.append(online.sample(batch_size - n_offline, n_step, gamma, generator, chunk))
@@ -369,7 +369,7 @@ def to_lerobot(buffer: ReplayBuffer, root: str | Path, fps: int = 20, task: str 
     try:
         for episode in episodes:
             for i in range(episode["action"].shape[0]):
-                frame = {k: episode[k][i].cpu().numpy().astype(np.float32) for k in buffer.obs_shapes}
+                frame: dict[str, Any] = {k: episode[k][i].cpu().numpy().astype(np.float32) for k in buffer.obs_shapes}
                 frame["action"] = episode["action"][i].cpu().numpy().astype(np.float32)
                 frame["next.reward"] = np.array([float(episode["reward"][i])], dtype=np.float32)
                 frame["next.done"] = np.array([bool(episode["done"][i])])

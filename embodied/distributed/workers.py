@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -309,16 +309,15 @@ class LearnerWorker:
             from torch.distributed.fsdp import fully_shard
 
             mesh = init_device_mesh(self.device.type, (self.world_size,))
-            wrapped = fully_shard(module, mesh=mesh)
+            wrapped = cast(nn.Module, fully_shard(module, mesh=mesh))  # the module, its class extended
         else:
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
             wrapped = DistributedDataParallel(module, device_ids=device_ids)
         self.wrapped = wrapped
-        self.algo = ALGOS[self.cfg.algo.name](
-            DataParallelPolicy(self.policy, wrapped), self.cfg.algo
-        )
+        policy = cast(Policy, DataParallelPolicy(self.policy, wrapped))  # a Policy by delegation
+        self.algo = ALGOS[self.cfg.algo.name](policy, self.cfg.algo)
 
     def update(
         self, rollout: dict[str, Any], next_value: torch.Tensor, normalizer: dict[str, torch.Tensor],
@@ -344,10 +343,10 @@ class LearnerWorker:
                 get_model_state_dict,
             )
 
-            state = get_model_state_dict(
+            full = cast(dict[str, torch.Tensor], get_model_state_dict(  # a module's: only tensors
                 self.wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-            )
-            state = {k.removeprefix("policy."): v.detach().cpu().clone() for k, v in state.items()}
+            ))
+            state = {k.removeprefix("policy."): v.detach().cpu().clone() for k, v in full.items()}
         else:
             state = {k: v.detach().cpu().clone() for k, v in self.policy.state_dict().items()}
         return state if self.rank == 0 else None
@@ -359,7 +358,7 @@ class LearnerWorker:
         """Sum of this rank's parameters: equal on every rank when DDP keeps them in sync (under
         FSDP each rank holds only its shard)."""
         return (
-            float(sum(p.detach().double().sum() for p in self.policy.parameters()).item())
+            sum(float(p.detach().double().sum()) for p in self.policy.parameters())
             if self.cfg.distributed.strategy == "ddp"
             else float("nan")
         )

@@ -15,7 +15,7 @@ RLinf's hybrid pipeline on one machine).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -91,7 +91,9 @@ class ChunkRunner:
                 self.queue = torch.zeros(self.num_envs, *chunk.shape[1:], device=chunk.device)
             self.queue[need.to(chunk.device)] = chunk
             self.index[need] = 0
-        return self.queue[torch.arange(self.num_envs), self.index.to(self.queue.device)], self.index.clone()
+        queue = self.queue
+        assert queue is not None  # the first call fetches every env's chunk (index starts at horizon)
+        return queue[torch.arange(self.num_envs), self.index.to(queue.device)], self.index.clone()
 
     def advance(self, done: torch.Tensor | None = None) -> None:
         """One step on; envs whose episode ended (`done` (N,)) start their next one with a fresh chunk."""
@@ -137,7 +139,7 @@ class EpisodeTracker:
         self.returns = torch.zeros(self.num_envs, device=self.device)
         self.lengths = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
         self.succeeded = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
-        self.finished: list[dict[str, float]] = []
+        self.finished: list[dict[str, Any]] = []  # return, length, success; source (a str)
 
     def step(self, reward: torch.Tensor, done: torch.Tensor, success: torch.Tensor, rows: slice = slice(None)) -> None:
         """One env step of the envs `rows` (all by default)."""
@@ -165,7 +167,7 @@ class EpisodeTracker:
                 "source": self.sources[i] if self.sources else "",
             })
 
-    def pop(self) -> list[dict[str, float]]:
+    def pop(self) -> list[dict[str, Any]]:
         finished, self.finished = self.finished, []
         return finished
 
@@ -208,9 +210,21 @@ def account_chunk(
     return steps[-1][0], reward_sum, ended
 
 
+class StagedEnv(Protocol):
+    """An env whose stages step elsewhere (`embodied.distributed.RemoteEnv`'s env workers): what
+    `collect_rollout` needs of it beyond a `BatchedEnv`'s size and device."""
+
+    num_envs: int
+    device: torch.device
+    stages: list[Any]
+    pipelined: bool
+
+    def submit(self, stage: int, fn: Any, actions: torch.Tensor) -> Any: ...
+
+
 @torch.no_grad()
 def collect_rollout(
-    env: BatchedEnv, policy: Policy, obs: Obs, num_steps: int, gamma: float, tracker: EpisodeTracker,
+    env: BatchedEnv | StagedEnv, policy: Policy, obs: Obs, num_steps: int, gamma: float, tracker: EpisodeTracker,
     update_normalizer: bool = True, pipelined: bool | None = None,
 ) -> tuple[dict[str, Any], Obs, torch.Tensor]:
     """Run `num_steps` decisions in every env.

@@ -230,7 +230,7 @@ class Trainer:
                     last_eval = self.evaluate(video=bool(cfg.log.video_every) and self.iteration % cfg.log.video_every == 0)
                     metrics.update({f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, (int, float))})
                 logger.log(self.progress_steps, metrics)
-                figures = {"it": self.iteration}
+                figures: dict[str, float] = {"it": self.iteration}
                 if self.algo.uses_env:
                     figures |= {"steps/s": metrics["perf/env_steps_per_s"],
                                 "success": metrics.get("rollout/success_rate", float("nan")),
