@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium
 import numpy as np
@@ -34,6 +34,9 @@ from gymnasium.vector.utils import batch_space
 
 from sims.core import BatchedEnv, Obs, RenderSettings
 from sims.registry import list_tasks, make
+
+if TYPE_CHECKING:
+    from sims.mujoco.render import TiledRenderer
 
 GYM_NAMESPACE = "embodied"
 RENDER_CAMERA = "front"
@@ -109,6 +112,8 @@ class GymVectorEnv(gymnasium.vector.VectorEnv):
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+    single_observation_space: spaces.Dict
+    single_action_space: spaces.Box
 
     def __init__(self, env: BatchedEnv):
         self.batched_env = env
@@ -225,7 +230,7 @@ class GymEnv(gymnasium.Env):
         self.batched_env = make(task, num_envs=1, **overrides)
         self._render_on_demand = extra_camera and obs_mode != "state"  # rgb obs, no front camera
         self._render_size = (render_width, render_height)
-        self._renderer = None
+        self._renderer: TiledRenderer | None = None
         self.metadata = {**self.metadata, "render_fps": self.batched_env.cfg.control_hz}
 
         obs = self.batched_env.reset(seed=self.batched_env.cfg.seed)
@@ -270,9 +275,15 @@ class GymEnv(gymnasium.Env):
 
     def _render_now(self) -> np.ndarray:
         """Render the front camera at the env's current state (rgb obs modes without it)."""
+        from sims.mujoco.env import MujocoBatchedEnv
         from sims.mujoco.render import RenderConfig, TiledRenderer
 
         env = self.batched_env
+        if not isinstance(env, MujocoBatchedEnv):
+            raise NotImplementedError(
+                f"GymEnv renders the {RENDER_CAMERA!r} camera itself on the MuJoCo backends only "
+                f"(backend {env.cfg.backend!r}): observe it (cameras) and reset first."
+            )
         if self._renderer is None:
             width, height = self._render_size
             self._renderer = TiledRenderer(env.model, 1, (RENDER_CAMERA,), RenderConfig(width=width, height=height))
@@ -412,7 +423,7 @@ def _sb3_vec_env_class() -> type:
                     f"it has {list(space.spaces)}."
                 )
             self.keys = tuple(keys)
-            dim = sum(int(np.prod(space[key].shape)) for key in self.keys)
+            dim = sum(spaces.flatdim(space[key]) for key in self.keys)
             self._actions: np.ndarray | None = None
             observation_space = spaces.Box(-np.inf, np.inf, (dim,), np.float32)
             super().__init__(env.num_envs, observation_space, self.vector_env.single_action_space)
@@ -453,7 +464,7 @@ def _sb3_vec_env_class() -> type:
             self.vector_env.close()
 
         def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
-            return [getattr(self.vector_env, attr_name)] * len(self._get_indices(indices))
+            return [getattr(self.vector_env, attr_name)] * len(list(self._get_indices(indices)))
 
         def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
             raise NotImplementedError(
@@ -468,7 +479,7 @@ def _sb3_vec_env_class() -> type:
             )
 
         def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
-            return [False] * len(self._get_indices(indices))
+            return [False] * len(list(self._get_indices(indices)))
 
     return SB3VecEnv
 

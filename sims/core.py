@@ -101,6 +101,8 @@ class BatchedEnv(abc.ABC):
         device: torch device of every returned tensor.
         action_dim: A; actions are float32 (N, A) in [-1, 1] (values outside are clipped).
         max_episode_steps: episodes are truncated after this many steps.
+        elapsed_steps: integer (N,), the steps of each env's current episode (0 after a reset);
+            the env's own counter, so writing it in place moves truncation.
         instructions: the task's language phrasings.
     """
 
@@ -108,6 +110,7 @@ class BatchedEnv(abc.ABC):
     device: torch.device
     action_dim: int
     max_episode_steps: int
+    elapsed_steps: torch.Tensor
     cfg: EnvConfig
 
     @abc.abstractmethod
@@ -136,6 +139,15 @@ class BatchedEnv(abc.ABC):
     @abc.abstractmethod
     def set_state(self, state: dict[str, torch.Tensor], env_ids: torch.Tensor | None = None) -> Obs:
         """Restore rows of a snapshot: row j of `state` goes to env `env_ids[j]`. Returns obs."""
+
+    def get_rng_state(self) -> list[dict]:
+        """The states of the envs' random generators, one per env, for the exact resumption of
+        a training run (checkpoints). Optional: backends without it raise NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__} cannot save its random generators.")
+
+    def set_rng_state(self, states: list[dict]) -> None:
+        """Restore `get_rng_state`'s states."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restore its random generators.")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release threads and rendering contexts."""

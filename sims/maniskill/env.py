@@ -21,12 +21,15 @@ Mapping to the contract:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from sims.core import BatchedEnv, EnvConfig, Obs, check_choice
 from sims.maniskill.tasks import CAMERAS, CONTROL_MODES, MANISKILL_TASKS, OBS_MODES, REWARD_MODES
+
+if TYPE_CHECKING:
+    from mani_skill.envs.sapien_env import BaseEnv
 
 _STATE_PREFIX = "sim."
 _ROBOT_STATE_EXTRA = ("tcp_pose",)
@@ -156,10 +159,18 @@ class ManiSkillBatchedEnv(BatchedEnv):
             raise ManiSkillUnavailable(
                 f"ManiSkill could not build {self.spec.env_id}: {error}"
             ) from error
-        self.base = self.env.unwrapped
+        self.base = cast("BaseEnv", self.env.unwrapped)  # ManiSkill's env under gym's wrappers
         self.device = self.base.device
-        self.action_dim = int(self.env.action_space.shape[-1])
-        self.max_episode_steps = cfg.max_episode_steps or int(self.env.spec.max_episode_steps)
+        action_shape = self.env.action_space.shape
+        assert action_shape is not None  # a Box: the controller's (N, A) actions
+        self.action_dim = int(action_shape[-1])
+        if cfg.max_episode_steps:
+            self.max_episode_steps = cfg.max_episode_steps
+        else:
+            spec = self.env.spec  # gym.make's: ManiSkill registers every task with a step limit
+            assert spec is not None and spec.max_episode_steps is not None
+            self.max_episode_steps = int(spec.max_episode_steps)
+        self.elapsed_steps = self.base.elapsed_steps  # ManiSkill's counter (updated in place)
         self.instruction_index = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
         self._generator = torch.Generator().manual_seed(cfg.seed)
         self.reset(seed=cfg.seed)

@@ -245,7 +245,7 @@ class MujocoBatchedEnv(BatchedEnv):
 
     def get_rng_state(self) -> list[dict]:
         """The per-env generators' states (for exact resumption of a training run)."""
-        return [rng.bit_generator.state for rng in self._rngs]
+        return [dict(rng.bit_generator.state) for rng in self._rngs]
 
     def set_rng_state(self, states: list[dict]) -> None:
         if len(states) != self.num_envs:
@@ -351,8 +351,8 @@ class MujocoBatchedEnv(BatchedEnv):
             rgba = b.expand("geom_rgba")
             base = nominal["geom_rgba"][objects][None, :, :3]
             tinted = base * draw(len(objects), 1, low=0.65, high=1.25) + draw(len(objects), 3, low=-0.06, high=0.06)
-            rgba[np.ix_(ids, objects, [0, 1, 2])] = np.clip(tinted, 0.0, 1.0)
-            rgba[np.ix_(ids, table, [0, 1, 2])] = draw(1, 3, low=0.15, high=0.9)
+            rgba[np.ix_(ids, objects, np.arange(3))] = np.clip(tinted, 0.0, 1.0)
+            rgba[np.ix_(ids, table, np.arange(3))] = draw(1, 3, low=0.15, high=0.9)
         if dr.lighting:
             scale = draw(m.nlight, 1, low=dr.light_range[0], high=dr.light_range[1])
             b.expand("light_diffuse")[ids] = nominal["light_diffuse"][None] * scale
@@ -369,7 +369,7 @@ class MujocoBatchedEnv(BatchedEnv):
             geoms = [m.geom(g).id for g in self.task.randomized_geoms]
             friction = b.expand("geom_friction")
             friction[np.ix_(ids, geoms)] = nominal["geom_friction"][geoms]
-            friction[np.ix_(ids, geoms, [0])] = nominal["geom_friction"][geoms][:, :1] * draw(len(geoms), 1, low=dr.friction_range[0], high=dr.friction_range[1])
+            friction[np.ix_(ids, geoms, np.array([0]))] = nominal["geom_friction"][geoms][:, :1] * draw(len(geoms), 1, low=dr.friction_range[0], high=dr.friction_range[1])
             bodies = [m.body(name).id for name in self.task.randomized_bodies]
             if bodies:
                 scale = draw(len(bodies), low=dr.mass_range[0], high=dr.mass_range[1])

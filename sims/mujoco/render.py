@@ -89,7 +89,7 @@ import numpy as np
 if __package__:
     from sims.mujoco import culling
 else:  # a render process, run as a script: the modules beside it, without the `sims` package
-    import culling  # type: ignore[no-redef]
+    import culling  # type: ignore[no-redef, import-not-found]
 
 # Model fields read by mj_kinematics / mj_camlight / mjv_updateScene / mjr_render that a batch may
 # hold per simulation; the renderer copies those that are expanded into its scratch model per env.
@@ -235,7 +235,7 @@ class _Worker:
         self.frustum_cams = culling.frustum_cameras(model, cam_ids)
         self.groups = self.model.geom_group.copy()  # the scratch model's own, restored per pass
         self.geom_alpha, self.mat_alpha = model.geom_rgba[:, 3].copy(), model.mat_rgba[:, 3].copy()
-        self.hidden = None  # (ncam, ngeom) statically occluded geoms, set by _init_gl
+        self.hidden: np.ndarray | None = None  # (ncam, ngeom) occluded geoms, set by _init_gl
         self.cameras = [_fixed_camera(i) for i in cam_ids]
         self.fields = {name: getattr(self.model, name) for name in RENDER_FIELDS}  # writable views
         self.viewports = [
@@ -326,6 +326,7 @@ class _Worker:
             rgb = self.rgb[: rows * h * cols * w * 3].reshape(rows * h, cols * w, 3)
             depth = None
             if depth_out is not None:
+                assert self.depth is not None  # depth_out comes with cfg.depth
                 depth = self.depth[: rows * h * cols * w].reshape(rows * h, cols * w)
             mujoco.mjr_readPixels(rgb, depth, mujoco.MjrRect(0, 0, cols * w, rows * h), self.con)
             rgb_out[:, start : start + len(chunk)] = _untile(rgb, h, w, len(chunk), ncam)
@@ -341,15 +342,17 @@ class _Worker:
         if per_env is None:  # caller models: this worker does not regroup their geoms
             return None
         frustum = culling.frustum_holds(list(per_env))
-        static = self.hidden is not None and culling.occlusion_holds(
+        hidden = self.hidden  # statically occluded geoms, where that test holds for these envs
+        if hidden is not None and not culling.occlusion_holds(
             per_env, self.geom_alpha, self.mat_alpha
-        )
+        ):
+            hidden = None
         m, d, n = self.model, self.data, len(env_ids)
         if not frustum:
-            if not static:
+            if hidden is None:
                 return None
             return np.broadcast_to(
-                np.where(self.hidden, culling.CULL_GROUP, self.groups), (n, *self.hidden.shape)
+                np.where(hidden, culling.CULL_GROUP, self.groups), (n, *hidden.shape)
             )
         xpos, rbound = np.empty((n, m.ngeom, 3)), np.empty((n, m.ngeom))
         groups = np.empty((n, m.ngeom), m.geom_group.dtype)
@@ -370,8 +373,8 @@ class _Worker:
             self.cfg.width / self.cfg.height, m.vis.map.znear * extent, m.vis.map.zfar * extent,
         )  # fmt: skip
         outside &= self.frustum_cams[:, None]
-        if static:
-            outside |= self.hidden
+        if hidden is not None:
+            outside |= hidden
         return np.where(outside, culling.CULL_GROUP, groups[:, None])
 
     def close(self) -> None:
@@ -403,6 +406,7 @@ class _BatchSource:
             self.batch.get_data(env, data)
         if self.models is not None:
             return self.models if isinstance(self.models, mujoco.MjModel) else self.models[env]
+        assert self.per_env is not None  # None only with caller models
         for name, values in self.per_env.items():
             fields[name][...] = values[env]
         return None
@@ -442,7 +446,9 @@ class TiledRenderer:
             share = math.ceil(num_envs / cfg.num_processes) * len(cam_ids)
             self._processes = RenderProcesses(model, cfg, cam_ids, share, cfg.num_processes - 1)
             tiles = math.ceil(share / nthread)
-        self._workers = [_Worker(model, cfg, cam_ids, tiles) for _ in range(nthread)]
+        self._workers: list[_Worker] | None = [
+            _Worker(model, cfg, cam_ids, tiles) for _ in range(nthread)
+        ]
         self._lock = threading.Lock()
 
     def render(
@@ -478,6 +484,7 @@ class TiledRenderer:
         for future in futures:
             future.result()
         if others:
+            assert self._processes is not None  # others are the render processes' shares
             self._processes.collect(rgb, raw, others)
         out = {name: rgb[c] for c, name in enumerate(self.cameras)}
         if raw is not None:
@@ -537,7 +544,9 @@ class NaiveRenderer:
             else np.asarray(env_ids, dtype=np.int64).reshape(-1)
         )
         n, h, w = len(ids), self.cfg.height, self.cfg.width
-        out = {name: np.empty((n, h, w, 3), np.uint8) for name in self.cameras}
+        out: dict[str, np.ndarray] = {
+            name: np.empty((n, h, w, 3), np.uint8) for name in self.cameras
+        }
         if self.cfg.depth:
             out.update({name + "_depth": np.empty((n, h, w), np.float32) for name in self.cameras})
         for k, env in enumerate(ids):

@@ -40,7 +40,11 @@ import numpy as np
 if __package__:
     from sims.mujoco.render import RENDER_FIELDS, RenderConfig, _Worker
 else:  # the child, run as a script: render.py alone, without the `sims` package (torch, gymnasium)
-    from render import RENDER_FIELDS, RenderConfig, _Worker  # type: ignore[no-redef]
+    from render import (  # type: ignore[no-redef, import-not-found]
+        RENDER_FIELDS,
+        RenderConfig,
+        _Worker,
+    )
 
 STATE_FIELDS = ("qpos", "mocap_pos", "mocap_quat")
 _ALIGN = 64

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 import mujoco
 import torch
 
+from sims.mujoco.controllers import EEDeltaController
 from sims.rotations import quat_conj, quat_mul, quat_to_axis_angle, wrap_angle, yaw_to_quat
 
 if TYPE_CHECKING:
@@ -39,9 +40,7 @@ class Task(abc.ABC):
     max_episode_steps: ClassVar[int] = 100
     randomized_geoms: ClassVar[tuple[str, ...]] = ()  # object geoms whose colour DR changes
     randomized_bodies: ClassVar[tuple[str, ...]] = ()  # object bodies whose mass DR changes
-
-    def __init__(self) -> None:
-        self.env: MujocoBatchedEnv | None = None
+    env: MujocoBatchedEnv  # the env the task runs in, from `setup` on
 
     @abc.abstractmethod
     def build(self, spec: mujoco.MjSpec) -> None:
@@ -130,6 +129,7 @@ class ScriptedExpert(abc.ABC):
     def move_action(self, target_pos: torch.Tensor, target_yaw: torch.Tensor, gripper: torch.Tensor) -> torch.Tensor:
         env = self.env
         controller = env.controller
+        assert isinstance(controller, EEDeltaController)  # __init__ checked cfg.controller
         pos_err = (target_pos - env.tcp_pos) / controller.pos_scale
         target_quat = quat_mul(yaw_to_quat(target_yaw), DOWN.to(env.tcp_quat).expand_as(env.tcp_quat))
         rot_err = quat_to_axis_angle(quat_mul(target_quat, quat_conj(env.tcp_quat))) / controller.rot_scale

@@ -33,7 +33,7 @@ def add_bin(spec: mujoco.MjSpec, name: str = "bin") -> mujoco.MjsBody:
     outer = INNER + 2 * WALL_HALF_THICKNESS
     half_wall = WALL_HEIGHT / 2
     offset = INNER + WALL_HALF_THICKNESS
-    boxes = {f"{name}_floor": ((0, 0, FLOOR_HALF_THICKNESS), (outer, outer, FLOOR_HALF_THICKNESS))}
+    boxes = {f"{name}_floor": ((0.0, 0.0, FLOOR_HALF_THICKNESS), (outer, outer, FLOOR_HALF_THICKNESS))}
     for side, (sx, sy) in {"px": (1, 0), "nx": (-1, 0), "py": (0, 1), "ny": (0, -1)}.items():
         # x walls span the full outer width, y walls fit between them
         size = (WALL_HALF_THICKNESS, outer, half_wall) if sx else (INNER, WALL_HALF_THICKNESS, half_wall)
