@@ -32,6 +32,7 @@ import sys
 import tarfile
 from importlib import metadata
 from pathlib import Path
+from typing import cast
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / ".device_bundle"  # ignored through .git/info/exclude by `pack`
@@ -84,7 +85,7 @@ def closure(roots: list[str], skip: frozenset[str] = DEVICE_IMAGE) -> list[metad
     from packaging.markers import default_environment  # here: `unpack` needs only the stdlib
     from packaging.requirements import Requirement
 
-    base_env = default_environment()
+    base_env = cast(dict[str, str], default_environment())  # a TypedDict of str values
     seen: dict[str, metadata.Distribution] = {}
     walked: set[tuple[str, str]] = set()
     todo = [(normalize(r), "") for r in roots]
@@ -123,9 +124,9 @@ def pack(
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for dist in dists:
-            base = Path(dist.locate_file(""))
+            base = Path(str(dist.locate_file("")))  # typed as a SimplePath: a Path here
             for f in dist.files or ():
-                path = Path(dist.locate_file(f))
+                path = Path(str(dist.locate_file(f)))
                 if path.is_file() and "__pycache__" not in f.parts and not str(f).startswith(".."):
                     tar.add(path, arcname=str(path.relative_to(base)))
     print(

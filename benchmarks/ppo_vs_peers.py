@@ -74,10 +74,12 @@ from tqdm import tqdm  # noqa: E402
 
 import sims  # noqa: E402
 from benchmarks.common import machine_info, write_result  # noqa: E402
+from embodied.algos.ppo import PPOConfig  # noqa: E402
 from embodied.config import load_config, to_dict  # noqa: E402
 from embodied.evaluate import evaluate_policy  # noqa: E402
 from embodied.runner.trainer import TrainConfig, Trainer, seed_everything  # noqa: E402
 from policies.base import Policy, PolicyOutput  # noqa: E402
+from policies.mlp import MLPPolicyConfig  # noqa: E402
 from sims.adapters import DEFAULT_RSL_RL_GROUPS, RslRlVecEnv, SB3VecEnv, gym_id  # noqa: E402
 from sims.core import EnvConfig  # noqa: E402
 
@@ -86,6 +88,16 @@ TARGET_SUCCESS = 0.9
 LEARNERS = ("ours", "rsl_rl", "sb3", "sb3_batched")
 PEERS = LEARNERS[1:]
 STATE_KEYS = ("observation.state", "observation.environment_state")
+
+
+def ppo_mlp_recipe(cfg: TrainConfig) -> tuple[PPOConfig, MLPPolicyConfig]:
+    """The recipe's algo and policy sections: every learner trains PPO on an MLP policy."""
+    if not isinstance(cfg.algo, PPOConfig) or not isinstance(cfg.policy, MLPPolicyConfig):
+        raise ValueError(
+            f"The race needs a PPO recipe with an MLP policy; got algo {cfg.algo.name!r}, "
+            f"policy {cfg.policy.kind!r}."
+        )
+    return cfg.algo, cfg.policy
 
 
 def reached_target(success_rate: float) -> bool:
@@ -193,8 +205,9 @@ class OursLearner(Learner):
             ),
         )
         self.trainer = Trainer(cfg)
+        algo, _ = ppo_mlp_recipe(cfg)
         self.steps_per_iteration = (
-            cfg.env.num_envs * cfg.algo.num_steps * self.trainer.policy.chunk_size
+            cfg.env.num_envs * algo.num_steps * self.trainer.policy.chunk_size
         )
         self.hyperparameters = {
             "library": "embodied",
@@ -308,7 +321,10 @@ class FlatState(gymnasium.ObservationWrapper):
 
     def __init__(self, env: gymnasium.Env):
         super().__init__(env)
-        dim = sum(int(np.prod(env.observation_space[key].shape)) for key in STATE_KEYS)
+        space = env.observation_space
+        if not isinstance(space, gymnasium.spaces.Dict):
+            raise TypeError(f"FlatState wraps an env with dict observations; got {space}.")
+        dim = sum(gymnasium.spaces.flatdim(space[key]) for key in STATE_KEYS)  # Box: prod(shape)
         self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
 
     def observation(self, observation: dict[str, np.ndarray]) -> np.ndarray:
@@ -410,13 +426,13 @@ def make_learner(name: str, cfg: TrainConfig, run_dir: Path) -> Learner:
 
 
 def _build_learner(name: str, cfg: TrainConfig, run_dir: Path) -> Learner:
-    hidden = list(cfg.policy.hidden_sizes)
+    algo, policy = ppo_mlp_recipe(cfg)
+    hidden = list(policy.hidden_sizes)
     if name == "ours":
         return OursLearner(cfg, run_dir)
     if name == "rsl_rl":
-        return RslRlLearner(cfg.env, cfg.seed, hidden, cfg.algo.gamma)
+        return RslRlLearner(cfg.env, cfg.seed, hidden, algo.gamma)
     if name in ("sb3", "sb3_batched"):
-        algo = cfg.algo
         return SB3Learner(
             cfg.env,
             cfg.seed,

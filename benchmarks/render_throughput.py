@@ -35,6 +35,7 @@ import torch  # noqa: E402
 
 import sims  # noqa: E402
 from benchmarks.common import machine_info, write_result  # noqa: E402
+from sims.mujoco.env import MujocoBatchedEnv  # noqa: E402
 from sims.mujoco.render import NaiveRenderer, RenderConfig, TiledRenderer  # noqa: E402
 
 
@@ -65,6 +66,7 @@ def main() -> None:
     sizes = (64,) if args.quick else (64, 128)
     machine = machine_info()
     env = sims.make("PickCube", num_envs=n)
+    assert isinstance(env, MujocoBatchedEnv)  # sims.make's default backend
     env.reset(seed=0)
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):

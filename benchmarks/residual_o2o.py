@@ -24,11 +24,14 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from benchmarks.common import RESULTS_DIR, machine_info
+
+if TYPE_CHECKING:
+    from matplotlib.typing import LegendLocType
 
 RESULTS = RESULTS_DIR / "residual_o2o.json"
 RECIPE = "configs/residual_pickcube_mlp.yaml"
@@ -55,17 +58,20 @@ def run_residual(overrides: list[str], out: Path) -> dict[str, Any]:
     from embodied.evaluate import evaluate_policy
     from embodied.runner.trainer import TrainConfig, Trainer
     from policies.base import Policy
-    from policies.residual import resolve_policy_folder
+    from policies.residual import ResidualPolicyConfig, resolve_policy_folder
 
     cfg = load_config(TrainConfig, RECIPE, [f"run_dir={out}", *overrides])
+    if not isinstance(cfg.policy, ResidualPolicyConfig):
+        raise ValueError(f"The benchmark trains a residual policy; policy.kind is {cfg.policy.kind!r}.")
+    base_path = cfg.policy.base_path
     torch.set_num_threads(cfg.torch_threads or 1)
-    base = Policy.from_pretrained(resolve_policy_folder(cfg.policy.base_path))
+    base = Policy.from_pretrained(resolve_policy_folder(base_path))
     s0 = evaluate_policy(base, cfg.env, cfg.eval.episodes, cfg.eval.seed, cfg.eval.deterministic)
     start = time.perf_counter()
     trainer = Trainer(cfg)
     s1 = trainer.train()
     return {
-        "task": cfg.env.task, "base": cfg.policy.base_path, "seed": cfg.seed, "eval_seed": cfg.eval.seed,
+        "task": cfg.env.task, "base": base_path, "seed": cfg.seed, "eval_seed": cfg.eval.seed,
         "eval_episodes": cfg.eval.episodes, "start_success": s0["success_rate"], "end_success": s1["success_rate"],
         "end_success_ci95": s1["success_ci95"], "lift_points": 100 * (s1["success_rate"] - s0["success_rate"]),
         "env_steps": trainer.env_steps, "gradient_updates": trainer.algo.updates,
@@ -185,7 +191,9 @@ def parl_entry(run_dir: Path, sft_dir: Path) -> dict[str, Any]:
 
 
 def merge_result(key: str, entry: dict[str, Any], command: str) -> None:
-    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": "residual_o2o", "results": {}}
+    data: dict[str, Any] = (
+        json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": "residual_o2o", "results": {}}
+    )
     data["results"][key] = {**entry, "command": command, "machine": machine_info()}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
@@ -231,7 +239,7 @@ def eval_curve(run_dir: Path) -> tuple[list[int], list[float], list[float]]:
 
 
 def plot_curves(runs: list[Path], start_success: float | None, path: Path, labels: list[str] | None = None,
-                start_label: str = "BC base (S0)", legend_loc: str = "best") -> None:
+                start_label: str = "BC base (S0)", legend_loc: LegendLocType = "best") -> None:
     """Eval success against env steps, one line per run, the base's S0 as a dashed line."""
     import matplotlib
 

@@ -39,6 +39,7 @@ import torch  # noqa: E402
 import sims  # noqa: E402
 from benchmarks.common import machine_info, time_steps, write_result  # noqa: E402
 from sims.adapters import gym_id  # noqa: E402
+from sims.mujoco.env import MujocoBatchedEnv  # noqa: E402
 
 TASK = "PickCube"
 KEY_N = 256
@@ -55,6 +56,7 @@ def bench_ours_and_physics(n: int, env_steps: int, min_steps: int, repeats: int)
     The two are timed in alternating blocks (best block of each), so that load from other
     processes on the machine hits both alike."""
     env = sims.make(TASK, num_envs=n, obs_mode="state", controller="ee_delta", seed=0)
+    assert isinstance(env, MujocoBatchedEnv)  # sims.make's default backend
     steps = steps_for(n, env_steps, min_steps)
     gen = torch.Generator().manual_seed(0)
     actions = [torch.rand(n, env.action_dim, generator=gen) * 2 - 1 for _ in range(16)]
@@ -150,10 +152,12 @@ def main() -> None:
     }
     rows = []
     for n in sizes:
-        row: dict[str, float | int | None] = {"num_envs": n, **bench_ours_and_physics(n, env_steps, min_steps, repeats)}
+        ours = bench_ours_and_physics(n, env_steps, min_steps, repeats)
+        row: dict[str, float | str | None] = {"num_envs": n, **ours}
         row.update(async_rows.get(n, {"async": None, "async_note": f"not measured: over {args.async_max} processes"}))
-        row["vs_physics"] = row["ours"] / row["physics"]
-        row["vs_async"] = row["ours"] / row["async"] if row["async"] else None
+        async_rate = async_rows[n]["async"] if n in async_rows else None
+        row["vs_physics"] = ours["ours"] / ours["physics"]
+        row["vs_async"] = ours["ours"] / async_rate if async_rate else None
         rows.append(row)
         print_row(row, header=len(rows) == 1)
 

@@ -37,13 +37,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from transformers import LogitsProcessor, LogitsProcessorList  # noqa: E402
+from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList  # noqa: E402
 
 import sims  # noqa: E402
 from benchmarks.common import machine_info, write_result  # noqa: E402
 from policies import make_policy  # noqa: E402
 from policies.vla.autoregressive import ARVLAConfig, ARVLAPolicy  # noqa: E402
-from policies.vla.flow import FlowVLAConfig, sampling_cost  # noqa: E402
+from policies.vla.flow import FlowVLAConfig, FlowVLAPolicy, sampling_cost  # noqa: E402
 
 TASK = "PickCube"
 
@@ -67,7 +67,8 @@ def generate_actions(
     steps = policy.config.chunk_size * policy.config.action_dim
     prefix = policy.prefix(obs)
     lm = policy.backbone.language_model
-    tokens = lm.generate(
+    assert isinstance(lm, GenerationMixin)  # a causal LM (AutoModelForCausalLM) generates
+    tokens = lm.generate(  # type: ignore[misc]  # transformers' self-type Protocol
         inputs_embeds=prefix.embeds,
         attention_mask=prefix.attention_mask,
         max_new_tokens=steps,
@@ -93,6 +94,7 @@ def bench_flow_sampling(obs: dict, action_dim: int, chunk: int, quick: bool) -> 
     same batch, against the number of Euler steps K (deterministic ODE; the stochastic modes
     add only a Gaussian draw per step)."""
     policy = make_policy(FlowVLAConfig(chunk_size=chunk), obs, action_dim).eval()
+    assert isinstance(policy, FlowVLAPolicy)  # the kind FlowVLAConfig names
     steps = (1, 5, 10) if quick else (1, 2, 5, 10, 20)
     with torch.no_grad():
         cost = sampling_cost(policy, obs, num_steps=steps, repeats=1 if quick else 3)
@@ -128,6 +130,7 @@ def main() -> None:
     env = sims.make(TASK, num_envs=args.envs, obs_mode="rgb", cameras=("front",), seed=0)
     obs = env.reset(seed=0)
     policy = make_policy(ARVLAConfig(chunk_size=args.chunk), obs, env.action_dim).eval()
+    assert isinstance(policy, ARVLAPolicy)  # the kind ARVLAConfig names
     env.close()
     n, steps = args.envs, args.chunk * policy.config.action_dim
     parameters = {

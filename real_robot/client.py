@@ -67,7 +67,7 @@ class PolicyClient:
 
     def infer(self, obs: dict[str, Any]) -> np.ndarray:
         """The action chunk (T, A) for one robot observation (features and ``task`` are sent)."""
-        features = {k: np.asarray(v) for k, v in obs.items() if k.startswith("observation.")}
+        features: dict[str, Any] = {k: np.asarray(v) for k, v in obs.items() if k.startswith("observation.")}
         if "task" in obs:
             features["task"] = str(obs["task"])
         request_id = next(self._ids)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 from pathlib import Path
 from typing import ClassVar
@@ -29,11 +30,13 @@ class RobotConfig:
     type: str = ""
 
     @staticmethod
-    def variants() -> dict[str, type]:
+    def variants() -> dict[str, builtins.type[RobotConfig]]:
         from real_robot.lerobot_robot import LeRobotRobotConfig
         from real_robot.sim_robot import SimRobotConfig
 
-        variants: dict[str, type] = {"sim": SimRobotConfig, "lerobot": LeRobotRobotConfig}
+        variants: dict[str, type[RobotConfig]] = {
+            "sim": SimRobotConfig, "lerobot": LeRobotRobotConfig,
+        }
         try:
             from real_robot.ros.bridge import RosRobotConfig
 
@@ -51,20 +54,30 @@ class RobotFile:
     safety: SafetyConfig = dataclasses.field(default_factory=SafetyConfig)
 
 
+def _config_as[C: RobotConfig](cfg: RobotConfig, cls: type[C]) -> C:
+    """`cfg` as the config class its `type` names (`load_config` builds that class)."""
+    if not isinstance(cfg, cls):
+        raise TypeError(
+            f"Robot type {cfg.type!r} needs a {cls.__name__}; got a {type(cfg).__name__}."
+        )
+    return cfg
+
+
 def build_robot(cfg: RobotConfig):
     """The robot a config describes (not yet connected)."""
     if cfg.type == "sim":
-        from real_robot.sim_robot import SimRobot
+        from real_robot.sim_robot import SimRobot, SimRobotConfig
 
-        return SimRobot(cfg)
+        return SimRobot(_config_as(cfg, SimRobotConfig))
     if cfg.type == "ros":
-        from real_robot.ros.bridge import RosRobot
+        from real_robot.ros.bridge import RosRobot, RosRobotConfig
 
-        return RosRobot(cfg)
+        return RosRobot(_config_as(cfg, RosRobotConfig))
     if cfg.type == "lerobot":
-        from real_robot.lerobot_robot import LeRobotRobot, make_lerobot_robot
+        from real_robot.lerobot_robot import LeRobotRobot, LeRobotRobotConfig, make_lerobot_robot
 
-        return LeRobotRobot(make_lerobot_robot(cfg), cfg.control_hz, cfg.calibrate)
+        robot_cfg = _config_as(cfg, LeRobotRobotConfig)
+        return LeRobotRobot(make_lerobot_robot(robot_cfg), robot_cfg.control_hz, robot_cfg.calibrate)
     raise ValueError(f"Unknown robot type {cfg.type!r}; valid: {', '.join(RobotConfig.variants())}.")
 
 

@@ -25,16 +25,21 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from real_robot.client import PolicyClient, PolicyServerError
 from real_robot.safety import SafetyLayer
+
+if TYPE_CHECKING:
+    from sims.tasks.base import ScriptedExpert
 
 LOG = logging.getLogger("real_robot.deploy")
 
@@ -133,7 +138,7 @@ class ScriptedCorrector(Corrector):
         if not hasattr(inner, "env"):
             raise ValueError("The scripted corrector needs a simulated robot (its task's expert).")
         self.robot, self.start_step, self.steps = inner, start, steps
-        self.expert = None
+        self.expert: ScriptedExpert | None = None
 
     def act(self, obs: dict[str, Any], step: int) -> np.ndarray | None:
         if not self.start_step <= step < self.start_step + self.steps:
@@ -157,8 +162,10 @@ class KeyboardCorrector(Corrector):
         self.active = False
         self.pending = np.zeros(action_dim, dtype=np.float32)
         self.gripper = 1.0
-        bindings = {"t": self._toggle, "o": lambda: self._grip(1.0), "c": lambda: self._grip(-1.0)}
-        bindings.update({k: (lambda a=axis, s=sign: self._move(a, s)) for k, (axis, sign) in self.MOVES.items()})
+        bindings: dict[str, Callable[[], None]] = {
+            "t": self._toggle, "o": lambda: self._grip(1.0), "c": lambda: self._grip(-1.0),
+        }
+        bindings.update({k: functools.partial(self._move, axis, sign) for k, (axis, sign) in self.MOVES.items()})
         bindings.update(extra or {})
         self.listener = KeyListener(bindings, stream=stream, force=force)
 

@@ -17,7 +17,7 @@ import select
 import sys
 import threading
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
 
 class KeyListener:
@@ -29,7 +29,7 @@ class KeyListener:
         self.force = force
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._saved_tty = None
+        self._saved_tty: list[Any] | None = None
 
     @property
     def active(self) -> bool:

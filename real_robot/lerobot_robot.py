@@ -75,7 +75,7 @@ class LeRobotRobot(Robot):
 
     @property
     def observation_features(self) -> dict[str, tuple[int, ...]]:
-        features = {"observation.state": (len(self.state_keys),)}
+        features: dict[str, tuple[int, ...]] = {"observation.state": (len(self.state_keys),)}
         features.update({f"observation.images.{c}": tuple(self.robot.observation_features[c]) for c in self.cameras})
         return features
 
@@ -88,7 +88,7 @@ class LeRobotRobot(Robot):
 
     def get_observation(self) -> dict[str, Any]:
         raw = self.robot.get_observation()
-        obs = {"observation.state": np.array([raw[k] for k in self.state_keys], dtype=np.float32)}
+        obs: dict[str, Any] = {"observation.state": np.array([raw[k] for k in self.state_keys], dtype=np.float32)}
         for camera in self.cameras:
             obs[f"observation.images.{camera}"] = np.asarray(raw[camera])
         obs["timestamp"] = time.time()
@@ -105,9 +105,8 @@ class LeRobotRobot(Robot):
 
     def hold_action(self) -> np.ndarray:
         """The current positions as targets (the motors that are also state entries)."""
-        if self._last is None:
-            self.get_observation()
-        state = dict(zip(self.state_keys, self._last["observation.state"], strict=True))
+        last = self._last if self._last is not None else self.get_observation()
+        state = dict(zip(self.state_keys, last["observation.state"], strict=True))
         return np.array([state.get(k, 0.0) for k in self.action_keys], dtype=np.float32)
 
     def hold(self) -> None:

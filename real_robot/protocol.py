@@ -136,7 +136,8 @@ def check_observation(obs: Any, expected: dict[str, list[int] | None] | None = N
             raise ProtocolError(f"Observation {key!r} must be an array.")
         elif value.dtype.kind == "f" and not np.isfinite(value).all():
             raise ProtocolError(f"Observation {key!r} contains NaN or inf.")
-    for key, shape in (expected or {}).items():
+    expected = expected or {}
+    for key, shape in expected.items():
         if key not in obs:
             raise ProtocolError(f"Observation lacks {key!r}; the policy reads {sorted(expected)}.")
         if shape is not None and tuple(obs[key].shape) != tuple(shape):

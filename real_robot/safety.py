@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from real_robot.robot import Robot
+from real_robot.robot import ActionSpec, Robot
 
 LOG = logging.getLogger("real_robot.safety")
 
@@ -90,7 +90,7 @@ class SafetyLayer(Robot):
         return self.robot.control_hz
 
     @property
-    def action_spec(self):  # type: ignore[override]
+    def action_spec(self) -> ActionSpec:  # type: ignore[override]
         return self.robot.action_spec
 
     @property

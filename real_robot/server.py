@@ -23,7 +23,7 @@ import hmac
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from real_robot.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -32,6 +32,9 @@ from real_robot.protocol import (
     decode_message,
     encode_message,
 )
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import Server
 
 LOG = logging.getLogger("real_robot.server")
 
@@ -52,7 +55,7 @@ class PolicyServer:
         self.requests = self.errors = self.connections = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._server = None
+        self._server: Server | None = None
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
 

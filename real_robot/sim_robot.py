@@ -12,13 +12,16 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from real_robot.config import RobotConfig
 from real_robot.robot import ActionSpec, Robot, RobotError, hold_gripper_command, observation_shapes
+
+if TYPE_CHECKING:
+    from sims.mujoco.env import MujocoBatchedEnv
 
 
 @dataclasses.dataclass
@@ -54,7 +57,7 @@ class SimRobot(Robot):
     def __init__(self, cfg: SimRobotConfig | None = None):
         self.cfg = cfg or SimRobotConfig()
         self.control_hz = self.cfg.control_hz
-        self.env = None
+        self.env: MujocoBatchedEnv | None = None
         self._obs: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._status = {"success": False, "done": False}
@@ -75,17 +78,20 @@ class SimRobot(Robot):
 
     def connect(self) -> None:
         import sims
+        from sims.mujoco.env import MujocoBatchedEnv
 
         if self.env is not None:
             return
         c = self.cfg
-        self.env = sims.make(
+        env = sims.make(
             c.task, num_envs=1, controller=c.controller, control_hz=c.control_hz, seed=c.seed, num_threads=1,
             obs_mode="rgb" if c.cameras else "state", cameras=tuple(c.cameras) or ("front",),
             render=sims.RenderSettings(width=c.image_size, height=c.image_size), max_episode_steps=c.max_episode_steps,
         )
-        self.action_spec = action_spec_for(c.controller, self.env.action_dim)
-        self.joint_limits = self.env.arm_limits.copy()
+        assert isinstance(env, MujocoBatchedEnv)  # the default backend: it has arm limits
+        self.env = env
+        self.action_spec = action_spec_for(c.controller, env.action_dim)
+        self.joint_limits = env.arm_limits.copy()
         self.reset_episode(c.seed)
 
     def reset_episode(self, seed: int | None = None) -> None:
@@ -98,6 +104,7 @@ class SimRobot(Robot):
     def get_observation(self) -> dict[str, Any]:
         self._env()
         with self._lock:
+            assert self._obs is not None  # connect() reset the episode
             obs = dict(self._obs)
         obs["timestamp"] = time.time()  # the simulation stands still between steps: its state is current
         return obs
@@ -144,7 +151,7 @@ class SimRobot(Robot):
             self.env = None
 
     # ------------------------------------------------------------------ helpers
-    def _env(self):
+    def _env(self) -> MujocoBatchedEnv:
         if self.env is None:
             raise RobotError("SimRobot is not connected; call connect() first.")
         return self.env

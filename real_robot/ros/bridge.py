@@ -147,9 +147,9 @@ class RosRobot(Robot):
             self.transport.subscribe(c.episode_status.topic, c.episode_status.type, self._on_status)
         if c.estop is not None:
             self.transport.subscribe(c.estop.topic, c.estop.type, self._on_estop)
-        for topic in (c.command, c.gripper, c.reset):
-            if topic is not None:
-                self.transport.advertise(topic.topic, topic.type)
+        for publication in (c.command, c.gripper, c.reset):
+            if publication is not None:
+                self.transport.advertise(publication.topic, publication.type)
         deadline = time.time() + c.connect_timeout_s
         while time.time() < deadline:
             with self._lock:
@@ -271,6 +271,7 @@ class RosRobot(Robot):
 
     def _on_estop(self, message: dict[str, Any]) -> None:
         if message.get("data"):
+            assert self.cfg.estop is not None  # subscribed only when configured
             for callback in self._estop_callbacks:
                 callback(self.cfg.estop.topic)
 

@@ -30,7 +30,7 @@ class RosbridgeServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9090):
         self.host, self.port = host, port
-        self.rospy = None
+        self.rospy: Any = None  # the rospy module (untyped), once serving
         self._publishers: dict[str, Any] = {}
         self._subscribers: dict[str, Any] = {}
         self._clients: dict[str, set] = {}  # topic -> websockets subscribed
@@ -38,13 +38,16 @@ class RosbridgeServer:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _ros_callback(self, topic: str):
+        loop = self._loop
+        assert loop is not None, "subscriptions are made while serving"
+
         def forward(message) -> None:
             try:
                 text = json.dumps({"op": "publish", "topic": topic, "msg": jsonable(from_rospy(message))})
                 with self._lock:
                     clients = list(self._clients.get(topic, ()))
                 for websocket in clients:
-                    asyncio.run_coroutine_threadsafe(self._send(websocket, text), self._loop)
+                    asyncio.run_coroutine_threadsafe(self._send(websocket, text), loop)
             except Exception:  # rospy swallows callback errors: say what happened
                 LOG.exception("forwarding %s failed", topic)
         return forward
@@ -76,6 +79,8 @@ class RosbridgeServer:
 
     async def _dispatch(self, websocket, request: dict[str, Any]) -> None:
         op, topic = request.get("op"), request.get("topic")
+        if not isinstance(topic, str):
+            raise ValueError(f"op {op!r} needs a topic (a string)")
         rospy = self.rospy
         if op == "advertise":
             with self._lock:

@@ -109,7 +109,7 @@ class SimArmNode:
         """sims' joint_delta action that moves the servo targets towards `goal`, at most 0.1 rad."""
         from sims.mujoco.controllers import JointDeltaController
 
-        targets = np.asarray(self.robot.env.ctrl[0, :7], dtype=np.float64)
+        targets = np.asarray(self.robot._env().ctrl[0, :7], dtype=np.float64)
         return np.clip((goal - targets) / JointDeltaController.scale, -1.0, 1.0).astype(np.float32)
 
     def _on_gripper(self, message) -> None:
@@ -145,7 +145,7 @@ class SimArmNode:
                 action[-1] = gripper
             robot.send_action({"action": action})
             if command is None and not robot.episode_status()["done"]:  # holding is not a task step
-                robot.env.elapsed_steps -= 1
+                robot._env().elapsed_steps -= 1
                 robot.steps -= 1
         self.publish()
 

@@ -90,7 +90,7 @@ class NativeTransport(Transport):
 
     def __init__(self, node_name: str = "embodied", master_uri: str = ""):
         self.node_name, self.master_uri = node_name, master_uri
-        self.rospy = None
+        self.rospy: Any = None  # the rospy module (untyped), once connected
         self._publishers: dict[str, Any] = {}
         self._subscribers: list[Any] = []
 
@@ -156,7 +156,10 @@ class Ros2Transport(Transport):
 
     def __init__(self, node_name: str = "embodied", domain_id: int | None = None):
         self.node_name, self.domain_id = node_name, domain_id
-        self.rclpy = self.node = self.executor = None
+        # rclpy (untyped), its node and executor, once connected
+        self.rclpy: Any = None
+        self.node: Any = None
+        self.executor: Any = None
         self._publishers: dict[str, Any] = {}
         self._subscriptions: list[Any] = []
         self._stop = threading.Event()
@@ -262,7 +265,7 @@ class RosbridgeTransport(Transport):
         from twisted.internet import reactor
 
         if reactor.running:
-            reactor.callFromThread(reactor.stop)
+            reactor.callFromThread(reactor.stop)  # type: ignore[misc]  # zope.interface methods lack self
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9090):
         self.host, self.port = host, port
