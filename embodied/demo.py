@@ -37,7 +37,7 @@ def evaluate_expert(task: str, episodes: int = 100, seed: int = 0, randomize: bo
         task, num_envs=episodes, seed=seed, num_threads=num_threads,
         randomization=sims.RandomizationConfig(enabled=randomize),
     )
-    expert = env.task.expert()
+    expert = sims.scripted_expert(env)
     obs = env.reset(seed=seed)
     success = torch.zeros(episodes, dtype=torch.bool)
     finished = torch.zeros(episodes, dtype=torch.bool)
@@ -76,7 +76,7 @@ def record_expert_video(
         render=sims.RenderSettings(width=size, height=size),
         randomization=sims.RandomizationConfig(enabled=randomize),
     )
-    expert = env.task.expert()
+    expert = sims.scripted_expert(env)
     obs = env.reset(seed=seed)
     key = f"observation.images.{camera}"
     columns = int(np.ceil(np.sqrt(num_envs)))

@@ -2,6 +2,6 @@
 
 from sims import adapters as _adapters  # noqa: F401  (registers the gymnasium ids "embodied/<Task>-v0")
 from sims.core import BatchedEnv, EnvConfig, RandomizationConfig, RenderSettings
-from sims.registry import BACKENDS, list_tasks, make
+from sims.registry import BACKENDS, list_tasks, make, scripted_expert
 
-__all__ = ["BACKENDS", "BatchedEnv", "EnvConfig", "RandomizationConfig", "RenderSettings", "list_tasks", "make"]
+__all__ = ["BACKENDS", "BatchedEnv", "EnvConfig", "RandomizationConfig", "RenderSettings", "list_tasks", "make", "scripted_expert"]

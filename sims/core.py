@@ -140,13 +140,14 @@ class BatchedEnv(abc.ABC):
     def set_state(self, state: dict[str, torch.Tensor], env_ids: torch.Tensor | None = None) -> Obs:
         """Restore rows of a snapshot: row j of `state` goes to env `env_ids[j]`. Returns obs."""
 
-    def get_rng_state(self) -> list[dict]:
-        """The states of the envs' random generators, one per env, for the exact resumption of
-        a training run (checkpoints). Optional: backends without it raise NotImplementedError."""
+    def get_rng_state(self) -> Any:
+        """A picklable snapshot of the env's random generators, for the exact resumption of a
+        training run (checkpoints): MuJoCo's is one generator state per env. Optional: backends
+        without it raise NotImplementedError."""
         raise NotImplementedError(f"{type(self).__name__} cannot save its random generators.")
 
-    def set_rng_state(self, states: list[dict]) -> None:
-        """Restore `get_rng_state`'s states."""
+    def set_rng_state(self, states: Any) -> None:
+        """Restore `get_rng_state`'s snapshot."""
         raise NotImplementedError(f"{type(self).__name__} cannot restore its random generators.")
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sims.core import OBS_MODES, REWARD_MODES, BatchedEnv, EnvConfig, check_choice
 from sims.tasks import TASKS
+
+if TYPE_CHECKING:
+    from sims.tasks.base import ScriptedExpert
 
 
 def _make_mujoco(cfg: EnvConfig) -> BatchedEnv:
@@ -67,3 +70,12 @@ def make(task: str | EnvConfig = "PickCube", **overrides: Any) -> BatchedEnv:
     if cfg.control_hz <= 0:
         raise ValueError(f"control_hz must be > 0; got {cfg.control_hz}.")
     return BACKENDS[cfg.backend](cfg)
+
+
+def scripted_expert(env: BatchedEnv) -> ScriptedExpert:
+    """The scripted expert of `env`'s task, for the task suite's envs (both MuJoCo backends)."""
+    from sims.mujoco.env import MujocoBatchedEnv
+
+    if not isinstance(env, MujocoBatchedEnv):
+        raise ValueError(f"Scripted experts drive the task suite's MuJoCo envs; a {type(env).__name__} has none.")
+    return env.task.expert()

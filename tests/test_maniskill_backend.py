@@ -145,3 +145,49 @@ def test_maniskill_env_follows_the_contract(pick_cube):
     after = env.reset(env_ids=torch.tensor([n - 1]))
     assert env.base.elapsed_steps[n - 1] == 0 and (n == 1 or env.base.elapsed_steps[0] > 0)
     assert after["observation.state"].shape == (n, 25)
+
+
+def test_rng_state_round_trips_maniskill_seeding():
+    """get/set_rng_state over ManiSkill's seeding fields (a stand-in for its BaseEnv: the real
+    one needs a Vulkan device): the draws after a restore repeat the draws after the save."""
+    pytest.importorskip("mani_skill", reason="the 'maniskill' extra is not installed")
+    import types
+
+    import numpy as np
+    from mani_skill.envs.utils.randomization.batched_rng import BatchedRNG
+
+    env = object.__new__(ManiSkillBatchedEnv)
+    episode = BatchedRNG.from_seeds([5, 6, 7])
+    env.base = types.SimpleNamespace(
+        _main_seed=[1, 2, 3], _main_rng=np.random.RandomState(1),
+        _batched_main_rng=BatchedRNG.from_seeds([1, 2, 3]), _episode_seed=np.array([5, 6, 7]),
+        _episode_rng=episode[0], _batched_episode_rng=episode,
+    )
+    env.device, env._generator = torch.device("cpu"), torch.Generator().manual_seed(3)
+
+    def draws():
+        base = env.base
+        return (base._main_rng.randint(1000), base._batched_main_rng.randint(1000).tolist(),
+                base._batched_episode_rng.rand().tolist(), base._episode_rng.rand(),
+                torch.randint(1000, (4,), generator=env._generator).tolist())
+
+    saved = env.get_rng_state()
+    first = draws()
+    env.base._episode_seed[0] = 99  # a reset rewriting the seeds in place
+    env.set_rng_state(saved)
+    assert draws() == first
+    assert env.base._episode_rng is env.base._batched_episode_rng[0]
+    assert env.base._episode_seed.tolist() == [5, 6, 7]
+
+
+def test_maniskill_resumes_its_auto_resets(pick_cube):
+    env = pick_cube
+    ids = torch.arange(env.num_envs)
+    env.reset(seed=1)
+    state, rng, torch_rng = env.get_state(), env.get_rng_state(), torch.get_rng_state()
+    first = env.reset(env_ids=ids)["observation.state"]  # the draws an auto-reset makes
+    env.set_state(state)
+    env.set_rng_state(rng)
+    torch.set_rng_state(torch_rng)
+    again = env.reset(env_ids=ids)["observation.state"]
+    torch.testing.assert_close(first, again)

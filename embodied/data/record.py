@@ -106,7 +106,7 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict:
         terminate_on_success=cfg.hold_steps == 0,
     )
     since_success = torch.full((env.num_envs,), -1, dtype=torch.long)  # steps since the first success
-    expert = env.task.expert()
+    expert = sims.scripted_expert(env)
     obs = env.reset(seed=cfg.seed)
     dataset = LeRobotDataset.create(
         cfg.repo_id or f"local/{cfg.task}", fps=round(env.cfg.control_hz), features=dataset_features(env, obs, cfg),

@@ -21,8 +21,10 @@ Mapping to the contract:
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import torch
 
 from sims.core import BatchedEnv, EnvConfig, Obs, check_choice
@@ -230,6 +232,35 @@ class ManiSkillBatchedEnv(BatchedEnv):
         self.instruction_index[ids] = state["instruction_index"].to(self.device)
         return self._convert(self._raw_obs())
 
+    def get_rng_state(self) -> dict[str, Any]:
+        """What the draws to come depend on: our instruction generator; ManiSkill's seeding state
+        (its seed lists and numpy generators, per env and main); and, on a GPU, the CUDA generator
+        its tasks draw initial poses from (the CPU one is the trainer's to save)."""
+        base = self.base
+        state: dict[str, Any] = {
+            "instructions": self._generator.get_state(),
+            "main_seed": copy.deepcopy(base._main_seed),
+            "episode_seed": copy.deepcopy(base._episode_seed),
+            "main_rng": None if base._main_rng is None else base._main_rng.get_state(),
+            "batched_main_rng": _rng_states(base._batched_main_rng),
+            "batched_episode_rng": _rng_states(base._batched_episode_rng),
+        }
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        base = self.base
+        self._generator.set_state(state["instructions"])
+        base._main_seed = copy.deepcopy(state["main_seed"])
+        base._episode_seed = copy.deepcopy(state["episode_seed"])
+        base._main_rng = None if state["main_rng"] is None else _random_state(state["main_rng"])
+        base._batched_main_rng = _batched_rng(state["batched_main_rng"])
+        base._batched_episode_rng = _batched_rng(state["batched_episode_rng"])
+        base._episode_rng = None if base._batched_episode_rng is None else base._batched_episode_rng[0]
+        if "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
     def close(self) -> None:
         self.env.close()
 
@@ -249,3 +280,21 @@ class ManiSkillBatchedEnv(BatchedEnv):
         if len(ids) and (ids.min() < 0 or ids.max() >= self.num_envs):
             raise ValueError(f"env_ids must lie in [0, {self.num_envs}); got {ids.tolist()}.")
         return ids
+
+
+def _random_state(state: tuple) -> np.random.RandomState:
+    rng = np.random.RandomState()
+    rng.set_state(state)
+    return rng
+
+
+def _rng_states(batched: Any) -> list[tuple] | None:
+    """A ManiSkill `BatchedRNG`'s per-env numpy states (it forwards every attribute to its
+    generators, so neither copy.deepcopy nor pickle can take it whole)."""
+    return None if batched is None else [rng.get_state() for rng in batched.rngs]
+
+
+def _batched_rng(states: list[tuple] | None) -> Any:
+    from mani_skill.envs.utils.randomization.batched_rng import BatchedRNG
+
+    return None if states is None else BatchedRNG.from_rngs([_random_state(s) for s in states])
