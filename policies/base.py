@@ -162,9 +162,11 @@ class Policy(nn.Module, abc.ABC):
         than its deterministic chunk, which is what it is evaluated on."""
         if temperature < 0:
             raise ValueError(f"temperature scales the proposals' spread around the mode; got {temperature}.")
+        if samples < 1:
+            raise ValueError(f"propose_chunks proposes at least one chunk per observation; got samples={samples}.")
         drawn = samples - int(include_mode)
         chunks = self.sample_chunks(obs, drawn) if drawn > 0 else None
-        if not include_mode and temperature == 1.0:
+        if chunks is not None and not include_mode and temperature == 1.0:  # without the mode, drawn > 0
             return chunks
         mode = self.act(obs, deterministic=True).action[:, None]
         if chunks is None:
@@ -172,10 +174,11 @@ class Policy(nn.Module, abc.ABC):
         chunks = mode + temperature * (chunks - mode)
         return torch.cat([mode, chunks], dim=1) if include_mode else chunks
 
-    def add_adapters(self, **fields: Any) -> None:
-        """Add the adapters `adapter_fields` ask for (a VLA's LoRA)."""
-        if any(fields.values()):
-            raise ValueError(f"{type(self).__name__} takes no adapters; got {fields}.")
+    def add_adapters(self, *args: Any, **fields: Any) -> None:
+        """Add the adapters `adapter_fields` ask for (a VLA's LoRA); a subclass takes its own
+        `adapter_fields` as parameters."""
+        if any(args) or any(fields.values()):
+            raise ValueError(f"{type(self).__name__} takes no adapters; got {fields or args}.")
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """The trainable parameters of a pretrained backbone (a VLA's vision-language model, or
@@ -243,7 +246,7 @@ class Policy(nn.Module, abc.ABC):
         policy_cls = POLICIES[kind]
         from embodied.config import from_dict
 
-        config = from_dict(policy_cls.config_class, raw)
+        config: Any = from_dict(policy_cls.config_class, raw)
         overrides = dict(overrides or {})
         adapters = {f: overrides.pop(f) for f in policy_cls.adapter_fields if f in overrides}
         if overrides:

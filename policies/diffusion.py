@@ -95,6 +95,8 @@ def make_noise_scheduler(config: DiffusionPolicyConfig) -> Any:
 class SinusoidalEmbedding(nn.Module):
     """(N,) float timesteps -> (N, dim) sin/cos features at geometric frequencies (Vaswani et al.)."""
 
+    frequencies: torch.Tensor
+
     def __init__(self, dim: int):
         super().__init__()
         half = dim // 2
@@ -195,6 +197,7 @@ class DiffusionPolicy(Policy):
             if key not in obs:
                 raise KeyError(f"Observation lacks {key!r}: make the env with obs_mode='rgb' and camera {camera!r}.")
             image = obs[key]
+            assert self.encoder is not None  # built whenever the config names cameras
             if tuple(image.shape[1:3]) != tuple(c.image_size):
                 raise ValueError(f"{key} is {tuple(image.shape[1:3])}; this policy expects {tuple(c.image_size)}.")
             parts.append(self.encoder(image.to(self._device)))

@@ -168,6 +168,7 @@ def legacy_crop_cache_class() -> type:
             def crop(self, max_length: int) -> None:
                 if max_length <= 0:
                     return super().crop(max_length)
+                layer: Any  # SmolVLA's are key/value layers; the layer classes vary across transformers versions
                 for layer in self.layers:
                     if getattr(layer, "is_initialized", True) and layer.keys is not None:
                         layer.keys = layer.keys[..., :max_length, :]

@@ -63,7 +63,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -258,6 +258,7 @@ class LeRobotFlowPolicy(LeRobotPolicy):
     kind = "lerobot_flow"
     config_class = LeRobotFlowConfig
     runtime_fields = ("stochastic_steps", "noise_level", "detach_critic", "device")
+    executed: torch.Tensor  # (H, D) buffer: the model's elements that the env executes
 
     def __init__(self, config: LeRobotFlowConfig, parts: tuple[Any, Any, Any] | None = None):
         if parts is None:
@@ -296,13 +297,14 @@ class LeRobotFlowPolicy(LeRobotPolicy):
         mask[: config.chunk_size, : config.action_dim] = True
         self.register_buffer("executed", mask, persistent=False)
         device = torch.device(config.device)
-        self.noise_head = None
+        self.noise_head: nn.Sequential | None = None
         if config.likelihood == "noise":
             self.noise_head = nn.Sequential(
                 nn.Linear(expert_width, config.noise_hidden), nn.Tanh(), nn.Linear(config.noise_hidden, self.padded_dim)
             )
-            nn.init.zeros_(self.noise_head[2].weight)
-            nn.init.zeros_(self.noise_head[2].bias)
+            head = cast(nn.Linear, self.noise_head[2])
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
         elif config.likelihood != "sde":
             raise ValueError(f"Unknown likelihood {config.likelihood!r}; valid: noise, sde.")
         if config.critic == "state":
@@ -397,9 +399,11 @@ class LeRobotFlowPolicy(LeRobotPolicy):
         action = self.postprocessor(chain[:, -1, : self.config.chunk_size, : self.config.action_dim]).float()
         return action.clamp(-1.0, 1.0) if self.config.clip_actions else action
 
-    def critic_value(self, prefix: Prefix, batch: dict[str, Any]) -> torch.Tensor:
+    def critic_value(self, prefix: Prefix | None, batch: dict[str, Any]) -> torch.Tensor:
+        """(N,) value: the state critic's of the batch's state, or the value head's of the prefix."""
         if self.config.critic == "state":
             return self.state_critic(batch["observation.state"].float())[:, 0]
+        assert prefix is not None  # encoded whenever critic == "head"
         features = prefix.features.detach() if self.config.detach_critic else prefix.features
         return self.value_head(features)[:, 0]
 
@@ -480,7 +484,9 @@ class LeRobotFlowPolicy(LeRobotPolicy):
     # ---- save / load -------------------------------------------------------------------------
 
     @classmethod
-    def load_parts(cls, directory: Path, config: LeRobotFlowConfig, weights: bool = True) -> tuple[Any, Any, Any]:
+    def load_parts(cls, directory: Path, config: LeRobotPolicyConfig, weights: bool = True) -> tuple[Any, Any, Any]:
+        if not isinstance(config, LeRobotFlowConfig):
+            raise TypeError(f"{cls.__name__} loads its parts with a LeRobotFlowConfig; got {type(config).__name__}.")
         return load_flow_parts(directory, config, weights)
 
 
@@ -521,14 +527,15 @@ def build_tiny_vlm(directory: str | Path, hidden: int = 64, layers: int = 2, ima
                                         extra_special_tokens=dict(VLM_SPECIAL_TOKENS))
     tokenizer.save_pretrained(directory)
     heads = max(2, hidden // 16)
-    SmolVLMConfig(
+    SmolVLMConfig(  # type: ignore[call-arg]  # PreTrainedConfig takes extra kwargs (pad_token_id); the dataclass signature omits them
         text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
                          head_dim=hidden // heads, max_position_embeddings=512, rms_norm_eps=1e-5),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            image_size=image_size, patch_size=image_size // 4),
         scale_factor=2,
-        image_token_id=tokenizer.convert_tokens_to_ids(VLM_SPECIAL_TOKENS["image_token"]),
+        # one token's id is an int; transformers annotates convert_tokens_to_ids without the overload
+        image_token_id=tokenizer.convert_tokens_to_ids(VLM_SPECIAL_TOKENS["image_token"]),  # type: ignore[arg-type]
         pad_token_id=tokenizer.pad_token_id,
     ).save_pretrained(directory)
     return directory

@@ -9,6 +9,10 @@ from torch import nn
 class RunningNormalizer(nn.Module):
     """Normalises (..., D) inputs by a running mean/std (parallel Welford updates), clipped."""
 
+    mean: torch.Tensor
+    var: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, dim: int, clip: float = 10.0, eps: float = 1e-8):
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))

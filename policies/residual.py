@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -37,6 +38,9 @@ from torch import nn
 from policies.base import FeatureSpec, Policy, PolicyConfig, PolicyOutput, register_policy
 from policies.mlp import flat_observation
 from policies.normalizer import RunningNormalizer
+
+if TYPE_CHECKING:
+    from embodied.runner.rollout import ChunkRunner
 
 BASE_FOLDER = "base"
 
@@ -119,9 +123,10 @@ class ResidualPolicy(Policy):
         self.state_dim = self.feature_dim + (config.action_dim + horizon if horizon > 1 else 0)
         out = config.action_dim * (2 if config.stochastic else 1)
         self.actor = layer_norm_mlp([self.state_dim + config.action_dim, *config.hidden_sizes, out])
-        nn.init.zeros_(self.actor[-1].weight)  # identity at step 0
-        nn.init.zeros_(self.actor[-1].bias)
-        self.follower = None  # the ChunkRunner `act` follows the base's chunks with (built per batch size)
+        head = cast(nn.Linear, self.actor[-1])  # layer_norm_mlp ends in a Linear
+        nn.init.zeros_(head.weight)  # identity at step 0
+        nn.init.zeros_(head.bias)
+        self.follower: ChunkRunner | None = None  # the ChunkRunner `act` follows the base's chunks with (built per batch size)
 
     def train(self, mode: bool = True) -> ResidualPolicy:
         super().train(mode)
@@ -132,11 +137,11 @@ class ResidualPolicy(Policy):
     @torch.no_grad()
     def features(self, obs: dict[str, Any]) -> torch.Tensor:
         """(N, F) observation features (the base's own when it has them); not differentiated."""
-        if self.base_features:
-            return self.base.features(obs)
+        if self.base_features:  # the base has `features` (checked in __init__), which Policy does not declare
+            return cast(Callable[[dict[str, Any]], torch.Tensor], self.base.features)(obs)
         return self.normalizer(flat_observation(obs, self.config.obs_keys))
 
-    def base_runner(self, num_envs: int):
+    def base_runner(self, num_envs: int) -> ChunkRunner:
         """A ChunkRunner that executes `base_horizon` actions of each of the base's
         (deterministic) chunks in `num_envs` envs."""
         from embodied.runner.rollout import ChunkRunner

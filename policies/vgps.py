@@ -63,9 +63,10 @@ class ValueGuidedPolicy(Policy):
         self.q_function = q_function
         self.num_samples = num_samples
         self.include_mode = include_mode  # the base's deterministic chunk is one of the K proposals
-        self.features_fn = features or getattr(base, "features", None)
-        if self.features_fn is None:
+        features_fn = features or getattr(base, "features", None)
+        if features_fn is None:
             raise ValueError(f"{type(base).__name__} has no `features`; pass the features the critic was trained on.")
+        self.features_fn: Callable[[dict[str, Any]], torch.Tensor] = features_fn
 
     @torch.no_grad()
     def scores(self, obs: dict[str, Any], chunks: torch.Tensor) -> torch.Tensor:

@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
-from torch import nn
 from transformers import DynamicCache, PreTrainedTokenizerFast
 
 from policies.base import Policy, PolicyConfig, PolicyOutput, register_policy
@@ -52,6 +51,10 @@ from policies.vla.backbone import (
     task_instructions,
     train_tokenizer,
 )
+
+if TYPE_CHECKING:
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2Model
 
 
 @dataclasses.dataclass
@@ -97,6 +100,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
     config_class = ARVLAConfig
     backbone_name = "backbone"
     runtime_fields = ("temperature", "decoding", "detach_critic")
+    bin_values: torch.Tensor  # (n_bins,) buffer: the action each action id decodes to
 
     def __init__(self, config: ARVLAConfig, tokenizer: PreTrainedTokenizerFast | None = None):
         super().__init__(config)
@@ -164,13 +168,16 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         return cls(config, tokenizer=tokenizer)
 
     @classmethod
-    def from_pretrained(cls, directory) -> ARVLAPolicy:
+    def from_pretrained(cls, directory: str | Path, overrides: dict[str, Any] | None = None) -> Policy:
         """A folder saved by `save_pretrained`, or one in OpenVLA's checkpoint layout (`openvla.py`)."""
         from policies.vla import openvla
 
         if openvla.is_openvla_folder(directory):
+            if overrides:
+                raise ValueError(f"An OpenVLA folder loads without config overrides; got {overrides} "
+                                 "(openvla.load_openvla takes its own arguments).")
             return openvla.load_openvla(directory)[0]
-        return super().from_pretrained(directory)
+        return super().from_pretrained(directory, overrides)
 
     # ---- inputs ------------------------------------------------------------------------------
 
@@ -222,6 +229,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         )
         mask = (j >= pads).long()
         if state is not None:
+            assert backbone.state_proj is not None  # built whenever state_keys give a state
             embeds = torch.cat((embeds, backbone.state_proj(state)[:, None]), dim=1)
             mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
         return Prefix(embeds, mask, (mask.cumsum(1) - 1).clamp_min(0))
@@ -348,7 +356,9 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         Returns the bin indices (N, T*A), their log-probs (N, T*A) and h_0 (N, H)."""
         steps = self.config.chunk_size * self.config.action_dim
         lm_config = self.backbone.language_model.config
-        model = self.backbone.language_model.model
+        # _static_decoding_supported: a Llama or Qwen2 LM, whose model holds its decoder layers
+        model = cast("LlamaModel | Qwen2Model", self.backbone.language_model.model)
+        layers = cast("list[LlamaDecoderLayer | Qwen2DecoderLayer]", list(model.layers))
         n, length, device, dtype = (
             prefix.embeds.shape[0],
             prefix.length,
@@ -357,13 +367,13 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         )
         total = length + steps - 1  # the last token is sampled, never fed back
         kv_heads = lm_config.num_key_value_heads
-        head_dim = model.layers[0].self_attn.head_dim
+        head_dim = layers[0].self_attn.head_dim
         buffers = [
             (
                 prefix.embeds.new_zeros(n, kv_heads, total, head_dim),
                 prefix.embeds.new_zeros(n, kv_heads, total, head_dim),
             )
-            for _ in model.layers
+            for _ in layers
         ]
         positions = torch.cat(
             (
@@ -392,7 +402,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
             ~visible, float("-inf")
         )
         x = prefix.embeds
-        for layer, (k, v) in zip(model.layers, buffers, strict=True):
+        for layer, (k, v) in zip(layers, buffers, strict=True):
             x = self._layer(
                 layer, x, cos[:, :length], sin[:, :length], k, v, 0, prefill_bias[:, None]
             )
@@ -407,7 +417,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
         begin, end = self.action_tokenizer.begin, self.action_tokenizer.end
         head_weight = head.weight[begin:end] / self.config.temperature  # (n_bins, H), tempered
         head_bias = None if head.bias is None else head.bias[begin:end] / self.config.temperature
-        action_embeddings = model.get_input_embeddings().weight[begin:end]  # (n_bins, H)
+        action_embeddings = model.embed_tokens.weight[begin:end]  # (n_bins, H): the input embeddings
         noise = None
         if not deterministic:  # Gumbel-max: argmax(logits + Gumbel noise) ~ softmax(logits)
             uniform = torch.rand(steps, n, self.config.n_bins, device=device).clamp_min_(1e-20)
@@ -420,7 +430,7 @@ class ARVLAPolicy(VLAStateInputs, Policy):
             bias[..., slot] = 0.0
             x = action_embeddings[index][:, None]  # (N, 1, H)
             rotary_cos, rotary_sin = cos[:, slot : slot + 1], sin[:, slot : slot + 1]
-            for layer, (k, v) in zip(model.layers, buffers, strict=True):
+            for layer, (k, v) in zip(layers, buffers, strict=True):
                 x = self._layer(layer, x, rotary_cos, rotary_sin, k, v, slot, bias)
             hidden = F.rms_norm(
                 x[:, 0], x.shape[-1:], model.norm.weight, model.norm.variance_epsilon
@@ -428,13 +438,13 @@ class ARVLAPolicy(VLAStateInputs, Policy):
             logits.append(F.linear(hidden, head_weight, head_bias))
             index = self._choose(logits[-1], None if noise is None else noise[step + 1])
             indices.append(index)
-        indices = torch.stack(indices, 1)
+        chosen = torch.stack(indices, 1)
         log_probs = torch.log_softmax(torch.stack(logits, 1).float(), dim=-1)
-        return indices, log_probs.gather(-1, indices[..., None])[..., 0], first_hidden
+        return chosen, log_probs.gather(-1, chosen[..., None])[..., 0], first_hidden
 
     @staticmethod
     def _layer(
-        layer: nn.Module,
+        layer: LlamaDecoderLayer | Qwen2DecoderLayer,
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,

@@ -107,7 +107,7 @@ def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
 
 
 def language_model_config(cfg: VLMConfig, vocab_size: int) -> PretrainedConfig:
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden,
         intermediate_size=cfg.intermediate,
@@ -119,10 +119,12 @@ def language_model_config(cfg: VLMConfig, vocab_size: int) -> PretrainedConfig:
         rms_norm_eps=cfg.rms_norm_eps,
         attn_implementation="sdpa",
     )
+    # rope_theta: transformers >= 5 takes it as a legacy kwarg (into rope_parameters), which its
+    # dataclass signatures leave out
     if cfg.lm_arch == "llama":
-        return LlamaConfig(**common, rope_theta=cfg.rope_theta)
+        return LlamaConfig(**common, rope_theta=cfg.rope_theta)  # type: ignore[call-arg]
     if cfg.lm_arch == "qwen2":
-        return Qwen2Config(**common, rope_theta=cfg.rope_theta)
+        return Qwen2Config(**common, rope_theta=cfg.rope_theta)  # type: ignore[call-arg]
     raise ValueError(f"Unknown lm_arch {cfg.lm_arch!r}; valid: llama, qwen2.")
 
 
@@ -261,7 +263,9 @@ def add_lora(module: nn.Module, rank: int, alpha: float) -> None:
 
     for parameter in module.parameters():
         parameter.requires_grad_(False)
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(LORA_TARGETS)), module)
+    # peft annotates lora_alpha as int; it is a float scale (alpha / rank) in its layers
+    lora = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(LORA_TARGETS))  # type: ignore[arg-type]
+    inject_adapter_in_model(lora, module)
 
 
 class VLAStateInputs:
@@ -277,7 +281,7 @@ class VLAStateInputs:
     state_std: torch.Tensor
     value_head: nn.Module
     backbone_name: ClassVar[str]  # the attribute holding the VisionLanguagePrefix
-    adapter_fields = ("lora_rank", "lora_alpha", "critic", "critic_keys", "critic_dim")
+    adapter_fields: ClassVar[tuple[str, ...]] = ("lora_rank", "lora_alpha", "critic", "critic_keys", "critic_dim")
 
     def normalized_state(self, obs: dict[str, Any]) -> torch.Tensor | None:
         """(N, state_dim) state features normalised by the frozen statistics, or None without
@@ -310,7 +314,10 @@ class VLAStateInputs:
         """(N, D) what the state critic reads: the `critic_keys` normalised by running statistics
         (`observe` updates them in training rollouts), or the actor's normalised state."""
         if not self.config.critic_keys:
-            return self.normalized_state(obs)
+            state = self.normalized_state(obs)
+            if state is None:  # add_adapters builds no state critic without state_keys or critic_keys
+                raise ValueError("The state critic reads the actor's state, and this VLA has no state_keys.")
+            return state
         inputs = flat_observation(obs, self.config.critic_keys)
         if inputs.shape[1] != self.config.critic_dim:
             raise ValueError(

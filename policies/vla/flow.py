@@ -33,7 +33,7 @@ import inspect
 import math
 import time
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import transformers
@@ -182,7 +182,7 @@ class ActionExpert(nn.Module):
         self.layers = nn.ModuleList(
             layer_cls(self.lm_config, layer_idx=i) for i in range(vlm.layers)
         )
-        if "past_key_values" not in inspect.signature(self.layers[0].self_attn.forward).parameters:
+        if "past_key_values" not in inspect.signature(self.layers[0].get_submodule("self_attn").forward).parameters:
             raise RuntimeError(
                 "The action expert needs transformers >= 4.56 (attention layers that take "
                 f"`past_key_values`); this is transformers {transformers.__version__}."
@@ -265,7 +265,7 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
         )
         self.add_adapters(config.lora_rank, config.lora_alpha, config.critic, config.critic_keys, config.critic_dim)
 
-    def make_noise_head(self) -> nn.Module:
+    def make_noise_head(self) -> nn.Sequential:
         """Flow-Noise's std network on the expert's hidden states (its output is squashed into
         `noise_std_range`)."""
         c = self.config
@@ -284,8 +284,9 @@ class FlowVLAPolicy(VLAStateInputs, Policy):
             raise ValueError(f"policy.likelihood must be 'noise' (Flow-Noise) or 'sde' (Flow-SDE); got {likelihood!r}.")
         if likelihood == "noise" and self.noise_head is None:
             head = self.make_noise_head()
-            nn.init.zeros_(head[2].weight)
-            nn.init.zeros_(head[2].bias)
+            last = cast(nn.Linear, head[2])
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
             self.noise_head = head.to(self.velocity_head.weight.device)
             self.config = dataclasses.replace(self.config, likelihood="noise")
 
