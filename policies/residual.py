@@ -88,6 +88,7 @@ class ResidualPolicy(Policy):
     kind = "residual"
     config_class = ResidualPolicyConfig
     critic_modules = ()
+    corrected: torch.Tensor  # (A,) buffer: 1 where the residual acts, 0 on uncorrected_dims
 
     def __init__(self, config: ResidualPolicyConfig, base: Policy | None = None):
         super().__init__(config)

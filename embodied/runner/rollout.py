@@ -203,7 +203,7 @@ def account_chunk(
         timeout = truncated & ~terminated & live
         bootstrap = torch.zeros(n, device=device)
         if timeout.any() and value is not None:
-            bootstrap[timeout] = gamma * policy.value(info["final_observation"])[timeout]
+            bootstrap[timeout] = gamma * _value(policy, info["final_observation"], n, device)[timeout]
         reward_sum += torch.where(live, reward, 0.0) + bootstrap
         tracker.step(reward, terminated | truncated, info["success"], rows)
         ended |= done
@@ -308,5 +308,6 @@ def concat_observations(parts: list[Obs]) -> Obs:
 
 
 def _value(policy: Policy, obs: Obs, n: int, device: torch.device) -> torch.Tensor:
+    """V(obs) (N,) of a policy with a value head (a `value` method); zeros for one without."""
     value = getattr(policy, "value", None)
     return value(obs) if value is not None else torch.zeros(n, device=device)

@@ -104,6 +104,7 @@ class ScriptedExpert(abc.ABC):
                 "Make the env with controller='ee_delta'."
             )
         self.env = env
+        self.task = env.task  # subclasses narrow its type to their own task class
         self.phase = torch.zeros(env.num_envs, dtype=torch.long, device=env.device)
         self.phase_steps = torch.zeros(env.num_envs, dtype=torch.long, device=env.device)
 

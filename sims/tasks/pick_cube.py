@@ -87,12 +87,13 @@ class PickCube(Task):
 
 class PickCubeExpert(ScriptedExpert):
     """Above the cube, yaw aligned -> down -> close -> lift."""
+    task: PickCube
 
     ABOVE, DESCEND, CLOSE, LIFT = range(4)
 
-    def plan(self):
+    def plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         env = self.env
-        task: PickCube = env.task
+        task = self.task
         cube = task.cube_pos()
         yaw = self.grasp_yaw(quat_to_yaw(env.body_quat(task.cube)), quat_to_yaw(env.tcp_quat))
         target = cube.clone()

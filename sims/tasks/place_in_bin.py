@@ -159,6 +159,7 @@ class PlaceInBinExpert(CubeGraspExpert):
 
     The hand moves gently (ramped, at most 1.5 cm per step) while it holds the cube: faster or
     jerkier motion lets the cube slide in the grip and fall out."""
+    task: PlaceInBin
 
     ABOVE, DESCEND, CLOSE, LIFT, CARRY, LOWER, OPEN, RETREAT = range(8)
     CARRY_HEIGHT = 0.13  # TCP height while carrying: the cube bottom 6 cm above the walls
@@ -167,9 +168,9 @@ class PlaceInBinExpert(CubeGraspExpert):
     CARRY_RAMP = 0.003  # speed-up per step while carrying
     CARRY_STEP = 0.015  # most metres per step while carrying: faster shakes the cube loose
 
-    def plan(self):
+    def plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         env = self.env
-        task: PlaceInBin = env.task
+        task = self.task
         n = env.num_envs
         cube, bin_pos, tcp = task.cube_pos(), task.bin_pos(), env.tcp_pos
         speed = self.tcp_speed()

@@ -126,6 +126,7 @@ class PushCubeExpert(ScriptedExpert):
     """Gripper closed: above a point behind the cube (seen from the goal) -> down to the table
     -> push along the cube-to-goal line, re-aiming at the cube's current position every step.
     A pusher that slips off the cube's back goes back to the approach."""
+    task: PushCube
 
     BEHIND, DESCEND, PUSH = range(3)
     PUSH_HEIGHT = 0.02  # TCP height while pushing: the fingertips 1 cm above the table
@@ -138,9 +139,9 @@ class PushCubeExpert(ScriptedExpert):
     PUSH_SPEED = 0.01  # most metres per step the pusher moves
     LATERAL_LIMIT = 0.02  # off the push line by more than this: approach again
 
-    def plan(self):
+    def plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         env = self.env
-        task: PushCube = env.task
+        task = self.task
         n = env.num_envs
         cube, tcp = task.cube_pos(), env.tcp_pos
         u = task.push_direction()

@@ -80,7 +80,9 @@ class Reach(Task):
 
 
 class ReachExpert(ScriptedExpert):
-    def plan(self):
+    task: Reach
+
+    def plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         env = self.env
         yaw = torch.zeros(env.num_envs, device=env.device)
-        return env.task.goal, yaw, torch.ones(env.num_envs, device=env.device)
+        return self.task.goal, yaw, torch.ones(env.num_envs, device=env.device)

@@ -133,6 +133,7 @@ class StackCubeExpert(CubeGraspExpert):
     The gripper opens only to 6 cm and closes along whichever of A's two face axes is more
     nearly perpendicular to the direction of B, so the fingers never land on B. The hand moves gently (ramped, at most
     1.5 cm per step) while it holds A: jerky motion lets the cube slide in the grip."""
+    task: StackCube
 
     ABOVE, DESCEND, CLOSE, LIFT, CARRY, LOWER, OPEN, RETREAT = range(8)
     OPEN_COMMAND = 0.5  # gripper command: 6 cm between the fingers
@@ -157,9 +158,9 @@ class StackCubeExpert(CubeGraspExpert):
         turn = torch.where(wrap_angle(tcp_yaw - yaw) >= 0, torch.pi / 2, -torch.pi / 2)
         return torch.where(toward, yaw + turn, yaw)
 
-    def plan(self):
+    def plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         env = self.env
-        task: StackCube = env.task
+        task = self.task
         n = env.num_envs
         a, b, tcp = task.pos_a(), task.pos_b(), env.tcp_pos
         speed = self.tcp_speed()
