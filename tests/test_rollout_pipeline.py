@@ -40,6 +40,20 @@ def test_a_staged_env_resets_and_steps_like_one_batch():
     staged.close()
 
 
+def test_a_staged_env_shares_its_stages_step_counters():
+    cfg = sims.EnvConfig(task="Reach", num_envs=4, seed=0, max_episode_steps=5)
+    staged = StagedEnv(cfg, num_stages=2)
+    staged.reset(seed=0)
+    still = torch.zeros(4, staged.action_dim)
+    staged.step(still)
+    assert staged.elapsed_steps.tolist() == [1, 1, 1, 1]
+    staged.elapsed_steps.copy_(torch.tensor([1, 4, 1, 4]))  # as rsl_rl spreads episode starts
+    truncated = staged.step(still)[3]
+    assert truncated.tolist() == [False, True, False, True]
+    assert staged.elapsed_steps.tolist() == [2, 0, 2, 0]  # the truncated envs restarted
+    staged.close()
+
+
 def rollout_in_mode(env_cfg, policy_cfg, pipelined: bool, seed: int = 0):
     env = StagedEnv(env_cfg, num_stages=2, pipelined=pipelined)
     obs = env.reset(seed=env_cfg.seed)

@@ -53,6 +53,11 @@ class StagedEnv(BatchedEnv):
         self.max_episode_steps = first.max_episode_steps
         self.instructions = getattr(first, "instructions", ())
         self.task = getattr(first, "task", None)
+        # One (N,) step counter whose slices are the stages' own (they update theirs in place),
+        # so writing it moves truncation as the contract says (rsl_rl's random episode starts).
+        self.elapsed_steps = torch.cat([stage.elapsed_steps for stage in self.stages])
+        for s, stage in enumerate(self.stages):
+            stage.elapsed_steps = self.elapsed_steps[self.rows(s)]
 
     def rows(self, stage: int) -> slice:
         """The rows of the full batch that stage `stage` holds."""
