@@ -61,8 +61,8 @@ class Algorithm[C: AlgoConfig](abc.ABC):
 
     @abc.abstractmethod
     def collect(self, env, obs, tracker) -> tuple[dict[str, Any], Any, torch.Tensor | None]:
-        """Gather what one update consumes: (rollout or None, the next observation, the value of
-        the next observation for bootstrapping or None)."""
+        """Gather what one update consumes: (the rollout or batch, the next observation, the value
+        of the next observation for bootstrapping, or None where nothing bootstraps)."""
 
     def prepare(self, rollout: dict[str, Any], next_value: torch.Tensor | None) -> dict[str, Any]:
         """Turn a rollout into the batch `update` consumes (advantages, flattening)."""
