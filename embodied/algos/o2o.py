@@ -188,7 +188,6 @@ class OfflineToOnline(Algorithm[O2OConfig]):
                                            step_size=cfg.parl_step_size, freeze_base=False)
         self.buffer: ReplayBuffer | None = None
         self.runner: ChunkRunner | None = None
-        self.updates = 0
         self.env_steps = 0
         self.online_steps = 0
         self.pending_updates = 0.0

@@ -109,7 +109,6 @@ class Residual(Algorithm[ResidualConfig]):
             add_base_actions(self.offline, policy)
         self.runner: ChunkRunner | None = None  # follows the base's chunks in the training envs
         self.env_steps = 0  # batched steps taken
-        self.updates = 0
         self.pending_updates = 0.0
 
     # ------------------------------------------------------------------ collection

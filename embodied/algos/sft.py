@@ -77,7 +77,6 @@ class SFT(Algorithm[SFTConfig]):
             policy.set_normalization({k: self.dataset.statistics(k) for k in spec.vectors})
         self.validation = self.validation_batch(cfg, spec) if cfg.val_episodes else None
         self.optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.updates = 0
 
     def validation_batch(self, cfg: SFTConfig, spec) -> tuple[dict[str, Any], torch.Tensor]:
         """A fixed batch of (obs, action chunks) from episodes the policy never trains on."""
